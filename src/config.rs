@@ -1,0 +1,457 @@
+//! Configuration: what the operator typed ([`RawConfig`], TOML with embedded defaults) and the
+//! validated form the rest of the program uses ([`Config`]).
+//!
+//! Validation happens once, at startup, and every error names the offending key and value.
+//! Modules receive their own small structs (e.g. [`TrackerConfig`]), never the raw TOML.
+//! This module reads the config file and nothing else; keys and tracker lists are loaded by
+//! their own modules from the paths validated here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// A configuration problem, always naming the key and the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has keys of the wrong type or unknown keys.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file being parsed.
+        path: PathBuf,
+        /// The parser's message, which carries the line and the key.
+        source: Box<toml::de::Error>,
+    },
+    /// A key has a value of the right type that is still not acceptable.
+    #[error("{key} = {value:?}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `server.listen`.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// The config as written by the operator, with every key present: missing keys take the
+/// embedded defaults, so `RawConfig::default()` is the zero-setup laptop configuration.
+/// Serialising it prints the effective configuration (`mailveil check-config`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`: the image endpoint.
+    pub server: RawServer,
+    /// `[keys]`: URL-signing keys.
+    pub keys: RawKeys,
+    /// `[cache]`: where fetched resources are kept.
+    pub cache: RawCache,
+    /// `[prefetch]`: the delivery-time fetch queue.
+    pub prefetch: RawPrefetch,
+    /// `[fetch]`: outbound fetching policy.
+    pub fetch: RawFetch,
+    /// `[trackers]`: tracker classification.
+    pub trackers: RawTrackers,
+    /// `[filter]`: behaviour of `mailveil filter`.
+    pub filter: RawFilter,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// Address the image endpoint listens on, `host:port`.
+    pub listen: String,
+    /// Base of every rewritten URL, as readers' clients reach the proxy.
+    pub public_url: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8700".into(),
+            public_url: "http://127.0.0.1:8700".into(),
+        }
+    }
+}
+
+/// `[keys]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawKeys {
+    /// File holding the signing key (64 hex digits); created with mode 0600 if missing.
+    pub key_file: PathBuf,
+    /// Files holding earlier keys, still accepted when verifying but never used to sign.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self {
+            key_file: default_state_dir().join("key"),
+            previous_key_files: Vec::new(),
+        }
+    }
+}
+
+/// `[cache]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    /// Directory of the on-disk cache.
+    pub dir: PathBuf,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `[prefetch]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPrefetch {
+    /// Durable queue shared by `filter` (writer) and `serve` (reader).
+    pub spool_dir: PathBuf,
+}
+
+impl Default for RawPrefetch {
+    fn default() -> Self {
+        Self {
+            spool_dir: default_state_dir().join("spool"),
+        }
+    }
+}
+
+/// `[fetch]` as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFetch {
+    /// CIDR ranges exempt from the private-address block (empty by default).
+    pub allow_networks: Vec<String>,
+}
+
+/// `[trackers]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTrackers {
+    /// `"block"` (remove tracker references) or `"proxy"` (proxy them like other images).
+    pub mode: String,
+    /// Use the built-in rules for email service providers' open-tracking endpoints.
+    pub builtin: bool,
+    /// Extra rule lists in Adblock filter syntax (e.g. EasyPrivacy's email-tracker list).
+    pub lists: Vec<PathBuf>,
+}
+
+impl Default for RawTrackers {
+    fn default() -> Self {
+        Self {
+            mode: "block".into(),
+            builtin: true,
+            lists: Vec::new(),
+        }
+    }
+}
+
+/// `[filter]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFilter {
+    /// `"pass"`: on any failure write the original message and exit 0;
+    /// `"tempfail"`: exit 75 so the MTA retries later.
+    pub on_error: String,
+    /// Messages larger than this pass through unchanged (bounded memory).
+    pub max_message_bytes: u64,
+}
+
+impl Default for RawFilter {
+    fn default() -> Self {
+        Self {
+            on_error: "pass".into(),
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What to do with a reference classified as a tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackerMode {
+    /// Remove the reference; it is never fetched.
+    Block,
+    /// Proxy it like any other image (still counted).
+    Proxy,
+}
+
+/// What `filter` does when it cannot rewrite a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Write the original bytes and exit 0.
+    Pass,
+    /// Write the original bytes and exit 75 (EX_TEMPFAIL).
+    Tempfail,
+}
+
+/// Tracker settings for the rewrite engine.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Block or proxy trackers.
+    pub mode: TrackerMode,
+    /// Whether the built-in rules apply.
+    pub builtin: bool,
+    /// Adblock-syntax list files to load.
+    pub lists: Vec<PathBuf>,
+}
+
+/// Key files for signing.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// The signing key's file.
+    pub key_file: PathBuf,
+    /// Verify-only earlier keys.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+/// Settings of `mailveil filter`.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    /// Failure behaviour.
+    pub on_error: OnError,
+    /// Size above which messages pass unchanged.
+    pub max_message_bytes: u64,
+}
+
+/// The validated configuration. Built only by [`Config::from_raw`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Image endpoint address.
+    pub listen: SocketAddr,
+    /// Base URL of rewritten references, without a trailing slash.
+    pub public_url: Url,
+    /// Signing keys.
+    pub keys: KeyConfig,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Prefetch spool directory.
+    pub spool_dir: PathBuf,
+    /// Networks exempt from the SSRF block.
+    pub allow_networks: Vec<IpNet>,
+    /// Tracker handling.
+    pub trackers: TrackerConfig,
+    /// Filter behaviour.
+    pub filter: FilterConfig,
+}
+
+impl RawConfig {
+    /// Reads a TOML config file; keys it omits take the embedded defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] (unknown keys are refused, so typos
+    /// do not silently fall back to defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The parser's error, which names the line and key.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain strings, numbers and lists cannot fail; fall back to the Debug
+        // form rather than panic if a future field type ever makes it fail.
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+impl Config {
+    /// Validates a raw config.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending key and its value.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: parse_listen(&raw.server.listen)?,
+            public_url: parse_public_url(&raw.server.public_url)?,
+            keys: KeyConfig {
+                key_file: non_empty_path("keys.key_file", &raw.keys.key_file)?,
+                previous_key_files: raw.keys.previous_key_files.clone(),
+            },
+            cache_dir: non_empty_path("cache.dir", &raw.cache.dir)?,
+            spool_dir: non_empty_path("prefetch.spool_dir", &raw.prefetch.spool_dir)?,
+            allow_networks: parse_networks(&raw.fetch.allow_networks)?,
+            trackers: TrackerConfig {
+                mode: parse_tracker_mode(&raw.trackers.mode)?,
+                builtin: raw.trackers.builtin,
+                lists: raw.trackers.lists.clone(),
+            },
+            filter: FilterConfig {
+                on_error: parse_on_error(&raw.filter.on_error)?,
+                max_message_bytes: parse_max_message(raw.filter.max_message_bytes)?,
+            },
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_listen(value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|e| invalid("server.listen", value, format!("not a host:port address ({e})")))
+}
+
+fn parse_public_url(value: &str) -> Result<Url, ConfigError> {
+    const KEY: &str = "server.public_url";
+    let url = Url::parse(value).map_err(|e| invalid(KEY, value, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(KEY, value, "scheme must be http or https"));
+    }
+    if url.host().is_none() {
+        return Err(invalid(KEY, value, "a host is required"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || url.username() != "" {
+        return Err(invalid(KEY, value, "query, fragment and user name are not allowed"));
+    }
+    Ok(url)
+}
+
+fn non_empty_path(key: &'static str, path: &Path) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(key, "", "a path is required"));
+    }
+    Ok(path.to_owned())
+}
+
+fn parse_networks(values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<IpNet>().map_err(|_| {
+                invalid("fetch.allow_networks", v.as_str(), "not a CIDR range such as 127.0.0.1/32")
+            })
+        })
+        .collect()
+}
+
+fn parse_tracker_mode(value: &str) -> Result<TrackerMode, ConfigError> {
+    match value {
+        "block" => Ok(TrackerMode::Block),
+        "proxy" => Ok(TrackerMode::Proxy),
+        _ => Err(invalid("trackers.mode", value, "expected \"block\" or \"proxy\"")),
+    }
+}
+
+fn parse_on_error(value: &str) -> Result<OnError, ConfigError> {
+    match value {
+        "pass" => Ok(OnError::Pass),
+        "tempfail" => Ok(OnError::Tempfail),
+        _ => Err(invalid("filter.on_error", value, "expected \"pass\" or \"tempfail\"")),
+    }
+}
+
+fn parse_max_message(value: u64) -> Result<u64, ConfigError> {
+    if value < 1024 {
+        return Err(invalid(
+            "filter.max_message_bytes",
+            value.to_string(),
+            "must be at least 1024",
+        ));
+    }
+    Ok(value)
+}
+
+/// Where state (the key, the spool) lives by default: systemd's `$STATE_DIRECTORY`, else the
+/// user's data directory, else `/var/lib/mailveil`.
+fn default_state_dir() -> PathBuf {
+    from_env_dir("STATE_DIRECTORY")
+        .or_else(|| dirs::data_dir().map(|d| d.join("mailveil")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/mailveil"))
+}
+
+/// Where the cache lives by default: `$CACHE_DIRECTORY`, the user's cache directory, or
+/// `/var/cache/mailveil`.
+fn default_cache_dir() -> PathBuf {
+    from_env_dir("CACHE_DIRECTORY")
+        .or_else(|| dirs::cache_dir().map(|d| d.join("mailveil")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/mailveil"))
+}
+
+/// systemd may pass several colon-separated directories; the first is ours.
+fn from_env_dir(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let first = value.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Result<Config, String> {
+        let raw = RawConfig::from_toml(text).map_err(|e| e.to_string())?;
+        Config::from_raw(&raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = validate("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8700");
+        assert_eq!(config.trackers.mode, TrackerMode::Block);
+        assert_eq!(config.filter.on_error, OnError::Pass);
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let err = validate("[server]\nlisten = \"nowhere\"").unwrap_err();
+        assert!(err.contains("server.listen") && err.contains("nowhere"), "{err}");
+        let err = validate("[fetch]\nallow_networks = [\"10.0.0.0/99\"]").unwrap_err();
+        assert!(err.contains("fetch.allow_networks") && err.contains("10.0.0.0/99"), "{err}");
+        let err = validate("[trackers]\nmode = \"maybe\"").unwrap_err();
+        assert!(err.contains("trackers.mode") && err.contains("maybe"), "{err}");
+        let err = validate("[server]\npublic_url = \"ftp://x\"").unwrap_err();
+        assert!(err.contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = validate("[server]\nlisten_addr = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let raw = RawConfig::default();
+        let again = RawConfig::from_toml(&raw.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), raw.to_toml());
+    }
+}

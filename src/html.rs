@@ -1,0 +1,682 @@
+//! The HTML rewrite engine: every reference that would make a client load something remote
+//! is rewritten to a signed proxy URL (images and fonts) or removed (everything else).
+//!
+//! Built on `lol_html` (streaming; no DOM). One element handler looks at every element and
+//! its attributes, one text handler collects `<style>` contents for [`crate::css`], and one
+//! comment handler rewrites the insides of MSO conditional comments (`<!--[if mso]>…`),
+//! which `lol_html` rightly treats as opaque text but Outlook renders as HTML.
+//!
+//! Links the reader clicks (`a href`), `cid:` and `data:` images, text and layout are kept
+//! as written. This module does no I/O and no logging; MIME handling is [`crate::mime`]'s.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use lol_html::html_content::{Comment, ContentType, Element, TextChunk};
+use lol_html::{doc_comments, element, text, HandlerResult, HtmlRewriter, MemorySettings, Settings};
+use url::Url;
+
+use crate::config::TrackerMode;
+use crate::css::{self, UrlAction, UrlKind};
+use crate::sign::Signer;
+use crate::trackers::TrackerRules;
+
+/// MSO comments nest rarely and never deeply; this bounds recursion on hostile input.
+const MAX_COMMENT_DEPTH: usize = 4;
+/// Upper bound on `lol_html`'s own buffers for one document.
+const MAX_REWRITER_MEMORY: usize = 32 * 1024 * 1024;
+/// Tracker hosts listed in the `X-Mailveil` header, so it stays one short line.
+const MAX_REPORTED_HOSTS: usize = 8;
+const SVG_NAMESPACE: &str = "http://www.w3.org/2000/svg";
+
+/// Why a document could not be rewritten. The caller keeps the original.
+#[derive(Debug, thiserror::Error)]
+pub enum HtmlError {
+    /// `lol_html` refused the input (e.g. its memory limit was reached).
+    #[error("html rewriter: {0}")]
+    Rewriter(String),
+    /// The rewriter produced bytes that are not UTF-8 (cannot happen with UTF-8 input).
+    #[error("html rewriter produced invalid utf-8")]
+    Encoding,
+}
+
+/// What rewriting did, summed over every HTML document of a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// References rewritten to the proxy.
+    pub proxied: usize,
+    /// References classified as trackers (blocked or proxied, depending on the mode).
+    pub trackers: usize,
+    /// Other loading references removed (stylesheets, frames, scripts, refreshes, bad URLs).
+    pub removed: usize,
+    /// Hosts of the trackers found.
+    pub tracker_hosts: BTreeSet<String>,
+    /// Distinct remote URLs that were proxied: the prefetch work for this message.
+    pub targets: BTreeSet<String>,
+}
+
+impl Report {
+    /// Adds another document's counts to this one.
+    pub fn merge(&mut self, other: Report) {
+        self.proxied += other.proxied;
+        self.trackers += other.trackers;
+        self.removed += other.removed;
+        self.tracker_hosts.extend(other.tracker_hosts);
+        self.targets.extend(other.targets);
+    }
+
+    /// The value of the `X-Mailveil` header: counts, then tracker hosts (at most a few).
+    pub fn header_value(&self) -> String {
+        let mut value = format!(
+            "proxied={}; trackers={}; removed={}",
+            self.proxied, self.trackers, self.removed
+        );
+        if !self.tracker_hosts.is_empty() {
+            let hosts: Vec<&str> = self
+                .tracker_hosts
+                .iter()
+                .take(MAX_REPORTED_HOSTS)
+                .map(String::as_str)
+                .collect();
+            value.push_str("; tracker-hosts=");
+            value.push_str(&hosts.join(","));
+            if self.tracker_hosts.len() > MAX_REPORTED_HOSTS {
+                value.push_str(",...");
+            }
+        }
+        value
+    }
+}
+
+/// Rewrites HTML documents. Cheap to share between threads.
+#[derive(Debug)]
+pub struct Engine {
+    signer: Signer,
+    trackers: TrackerRules,
+    mode: TrackerMode,
+}
+
+/// A rewritten document and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Rewritten {
+    /// The new HTML.
+    pub html: String,
+    /// Counts and targets.
+    pub report: Report,
+}
+
+impl Engine {
+    /// An engine signing with `signer` and classifying with `trackers`.
+    pub fn new(signer: Signer, trackers: TrackerRules, mode: TrackerMode) -> Self {
+        Self {
+            signer,
+            trackers,
+            mode,
+        }
+    }
+
+    /// The signer used for proxy URLs.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Rewrites one HTML document.
+    ///
+    /// # Errors
+    /// [`HtmlError`] when `lol_html` refuses the input; the caller keeps the original.
+    pub fn rewrite(&self, html: &str) -> Result<Rewritten, HtmlError> {
+        let state = RefCell::new(State::new(self, None, 0));
+        let html = run_rewriter(html, &state)?;
+        Ok(Rewritten {
+            html,
+            report: state.into_inner().report,
+        })
+    }
+}
+
+/// Per-document state shared by the handlers.
+struct State<'e> {
+    engine: &'e Engine,
+    /// The first `<base href>`, against which relative URLs resolve.
+    base: Option<Url>,
+    /// How deep inside MSO comments this document is.
+    depth: usize,
+    /// Text of the `<style>` element being collected.
+    style: String,
+    report: Report,
+}
+
+/// How a reference resolved.
+enum Resolved {
+    /// Nothing remote: relative, fragment, `cid:`, an image `data:` URL, or already proxied.
+    Local,
+    /// An http(s) URL.
+    Remote(Url),
+    /// Something that must not load: another scheme, a non-image `data:` URL, unparsable.
+    Bad,
+}
+
+/// What to do with one attribute value or URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    Keep,
+    Replace(String),
+    Remove,
+}
+
+impl<'e> State<'e> {
+    fn new(engine: &'e Engine, base: Option<Url>, depth: usize) -> Self {
+        Self {
+            engine,
+            base,
+            depth,
+            style: String::new(),
+            report: Report::default(),
+        }
+    }
+
+    fn resolve(&self, raw: &str) -> Resolved {
+        let s = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+        if s.is_empty() || s.starts_with('#') || s.starts_with(self.engine.signer.prefix()) {
+            return Resolved::Local;
+        }
+        let parsed = match &self.base {
+            Some(base) => base.join(s),
+            None => Url::parse(s),
+        };
+        match parsed {
+            Ok(url) => classify_scheme(url),
+            Err(url::ParseError::RelativeUrlWithoutBase) => resolve_relative(s),
+            Err(_) => Resolved::Bad,
+        }
+    }
+
+    /// An image or font reference: proxied, kept, or removed (trackers in block mode).
+    /// `tiny` says the markup around it looks like a tracking pixel.
+    fn image(&mut self, raw: &str, tiny: bool) -> Disposition {
+        match self.resolve(raw) {
+            Resolved::Local => Disposition::Keep,
+            Resolved::Bad => {
+                self.report.removed += 1;
+                Disposition::Remove
+            }
+            Resolved::Remote(url) => self.remote_image(url, tiny),
+        }
+    }
+
+    fn remote_image(&mut self, url: Url, tiny: bool) -> Disposition {
+        let by_rule = self.engine.trackers.classify(&url).map(|m| m.host);
+        let tracker_host = by_rule.or_else(|| tiny.then(|| url.host_str().unwrap_or("").to_owned()));
+        if let Some(host) = tracker_host {
+            self.report.trackers += 1;
+            self.report.tracker_hosts.insert(host);
+            if self.engine.mode == TrackerMode::Block {
+                return Disposition::Remove;
+            }
+        }
+        self.report.proxied += 1;
+        let signed = self.engine.signer.sign(&url);
+        self.report.targets.insert(String::from(url));
+        Disposition::Replace(signed)
+    }
+
+    /// A reference that would load something we do not proxy: removed unless local.
+    fn other_load(&mut self, raw: &str) -> Disposition {
+        match self.resolve(raw) {
+            Resolved::Local => Disposition::Keep,
+            Resolved::Remote(_) | Resolved::Bad => {
+                self.report.removed += 1;
+                Disposition::Remove
+            }
+        }
+    }
+
+    /// Rewrites CSS (a stylesheet or a declaration list).
+    fn css(&mut self, text: &str) -> String {
+        css::rewrite_css(text, &mut |url, kind| match kind {
+            UrlKind::Import => {
+                self.report.removed += 1;
+                UrlAction::Remove
+            }
+            UrlKind::Image | UrlKind::Font => match self.image(url, false) {
+                Disposition::Keep => UrlAction::Keep,
+                Disposition::Replace(u) => UrlAction::Replace(u),
+                Disposition::Remove => UrlAction::Remove,
+            },
+        })
+    }
+
+    /// Rewrites a `srcset` value candidate by candidate, keeping descriptors.
+    fn srcset(&mut self, value: &str, tiny: bool) -> Disposition {
+        let mut changed = false;
+        let mut kept = Vec::new();
+        for (url, descriptors) in parse_srcset(value) {
+            match self.image(url, tiny) {
+                Disposition::Keep => kept.push(join_candidate(url, descriptors)),
+                Disposition::Replace(new) => {
+                    changed = true;
+                    kept.push(join_candidate(&new, descriptors));
+                }
+                Disposition::Remove => changed = true,
+            }
+        }
+        match (changed, kept.is_empty()) {
+            (false, _) => Disposition::Keep,
+            (true, true) => Disposition::Remove,
+            (true, false) => Disposition::Replace(kept.join(", ")),
+        }
+    }
+}
+
+fn classify_scheme(url: Url) -> Resolved {
+    match url.scheme() {
+        "http" | "https" => Resolved::Remote(url),
+        "cid" | "mid" => Resolved::Local,
+        "data" if is_image_data_url(url.path()) => Resolved::Local,
+        _ => Resolved::Bad,
+    }
+}
+
+/// A relative reference with no base: local unless it is protocol-relative (`//host/…`),
+/// which browsers resolve against the page's scheme; we assume https.
+fn resolve_relative(s: &str) -> Resolved {
+    let b = s.as_bytes();
+    let is_slash = |c: u8| c == b'/' || c == b'\\';
+    if b.len() >= 2 && is_slash(b[0]) && is_slash(b[1]) {
+        return match Url::parse(&format!("https:{s}")) {
+            Ok(url) => classify_scheme(url),
+            Err(_) => Resolved::Bad,
+        };
+    }
+    Resolved::Local
+}
+
+/// `data:image/png;base64,…` keeps; `data:text/html,…` and friends do not.
+fn is_image_data_url(path: &str) -> bool {
+    let media = path.trim_start().get(..6).unwrap_or("");
+    media.eq_ignore_ascii_case("image/")
+}
+
+/// Splits a `srcset` value into (url, descriptors) candidates, following the HTML
+/// standard's rules closely enough for rewriting: a URL is a run of non-whitespace
+/// (trailing commas end the candidate), descriptors run to the next comma outside parens.
+fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == ',');
+        if rest.is_empty() {
+            return out;
+        }
+        let url_end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        let (url, after) = rest.split_at(url_end);
+        if url.ends_with(',') {
+            out.push((url.trim_end_matches(','), ""));
+            rest = after;
+            continue;
+        }
+        let desc_end = descriptors_end(after);
+        let (descriptors, after) = after.split_at(desc_end);
+        out.push((url, descriptors.trim()));
+        rest = after;
+    }
+}
+
+fn descriptors_end(s: &str) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => return i,
+            _ => {}
+        }
+    }
+    s.len()
+}
+
+fn join_candidate(url: &str, descriptors: &str) -> String {
+    if descriptors.is_empty() {
+        url.to_owned()
+    } else {
+        format!("{url} {descriptors}")
+    }
+}
+
+/// Runs `lol_html` over `html` with our handlers.
+fn run_rewriter(html: &str, state: &RefCell<State<'_>>) -> Result<String, HtmlError> {
+    let mut out = Vec::with_capacity(html.len() + html.len() / 4);
+    let settings = Settings::new()
+        .append_element_content_handler(element!("*", |el| on_element(state, el)))
+        .append_element_content_handler(text!("style", |chunk| on_style_text(state, chunk)))
+        .append_document_content_handler(doc_comments!(|c| on_comment(state, c)))
+        .with_memory_settings(
+            MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
+        );
+    let mut rewriter = HtmlRewriter::new(settings, |chunk: &[u8]| out.extend_from_slice(chunk));
+    rewriter
+        .write(html.as_bytes())
+        .and_then(|()| rewriter.end())
+        .map_err(|e| HtmlError::Rewriter(e.to_string()))?;
+    String::from_utf8(out).map_err(|_| HtmlError::Encoding)
+}
+
+/// Elements removed whole, content included: they load a document or run code.
+fn removed_with_content(tag: &str) -> bool {
+    matches!(
+        tag,
+        "script" | "iframe" | "frame" | "embed" | "applet" | "portal" | "fencedframe"
+    )
+}
+
+fn on_element(state: &RefCell<State<'_>>, el: &mut Element<'_, '_>) -> HandlerResult {
+    let tag = el.tag_name();
+    let mut st = state.borrow_mut();
+    if removed_with_content(&tag) {
+        st.report.removed += 1;
+        el.remove();
+        return Ok(());
+    }
+    match tag.as_str() {
+        "object" => {
+            // Its fallback content is ordinary markup, rewritten like the rest.
+            st.report.removed += 1;
+            el.remove_and_keep_content();
+            return Ok(());
+        }
+        "base" => return on_base(&mut st, el),
+        "meta" => return on_meta(&mut st, el),
+        "link" => return on_link(&mut st, el),
+        "set" | "animate" if animates_reference(el) => {
+            st.report.removed += 1;
+            el.remove();
+            return Ok(());
+        }
+        _ => {}
+    }
+    if el.attributes().is_empty() {
+        return Ok(());
+    }
+    rewrite_attributes(&mut st, el, &tag)
+}
+
+/// Remembers the first `<base href>` for resolving, then drops the element so the client
+/// resolves nothing against a remote base.
+fn on_base(st: &mut State<'_>, el: &mut Element<'_, '_>) -> HandlerResult {
+    if st.base.is_none() {
+        if let Some(href) = el.get_attribute("href") {
+            if let Ok(url) = Url::parse(decode_entities(&href).trim()) {
+                if matches!(url.scheme(), "http" | "https") {
+                    st.base = Some(url);
+                }
+            }
+        }
+    }
+    el.remove();
+    Ok(())
+}
+
+fn on_meta(st: &mut State<'_>, el: &mut Element<'_, '_>) -> HandlerResult {
+    let refresh = el
+        .get_attribute("http-equiv")
+        .is_some_and(|v| decode_entities(&v).trim().eq_ignore_ascii_case("refresh"));
+    if refresh {
+        st.report.removed += 1;
+        el.remove();
+    }
+    Ok(())
+}
+
+/// Icons are images and are proxied; every other `<link>` that points somewhere
+/// (stylesheets, preloads, prefetches, imports, manifests) is removed.
+fn on_link(st: &mut State<'_>, el: &mut Element<'_, '_>) -> HandlerResult {
+    let Some(href) = el.get_attribute("href") else {
+        return Ok(());
+    };
+    let rel = decode_entities(&el.get_attribute("rel").unwrap_or_default()).to_ascii_lowercase();
+    let href = decode_entities(&href);
+    let is_icon = rel.split_ascii_whitespace().any(|t| t.contains("icon"));
+    if !is_icon {
+        if !matches!(st.resolve(&href), Resolved::Local) || rel.contains("stylesheet") {
+            st.report.removed += 1;
+            el.remove();
+        }
+        return Ok(());
+    }
+    el.remove_attribute("imagesrcset");
+    match st.image(&href, false) {
+        Disposition::Keep => Ok(()),
+        Disposition::Replace(new) => set_attribute(el, "href", &new),
+        Disposition::Remove => {
+            el.remove();
+            Ok(())
+        }
+    }
+}
+
+/// SVG `<set>`/`<animate>` can point an `href` at a remote resource after load.
+fn animates_reference(el: &Element<'_, '_>) -> bool {
+    el.get_attribute("attributename").is_some_and(|name| {
+        let name = name.trim().to_ascii_lowercase();
+        matches!(name.as_str(), "href" | "xlink:href" | "src" | "style")
+    })
+}
+
+/// The attributes of one element, with the decisions that need the element's context.
+fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -> HandlerResult {
+    let attrs: Vec<(String, String)> = el
+        .attributes()
+        .iter()
+        .map(|a| (a.name(), a.value()))
+        .collect();
+    let tiny = tag == "img" && looks_like_pixel(&attrs);
+    let svg = el.namespace_uri() == SVG_NAMESPACE;
+    for (name, raw) in &attrs {
+        let value = decode_entities(raw);
+        let disposition = match name.as_str() {
+            n if n.starts_with("on") => Disposition::Remove,
+            "src" | "lowsrc" | "dynsrc" => match tag {
+                "video" | "audio" | "source" | "track" => st.other_load(&value),
+                _ => st.image(&value, tiny),
+            },
+            "srcset" => st.srcset(&value, tiny),
+            "background" | "poster" | "icon" => st.image(&value, false),
+            "style" => replace_if_changed(&value, st.css(&value)),
+            "href" | "xlink:href" if svg => svg_href(st, tag, &value),
+            "ping" | "manifest" => st.other_load(&value),
+            "fill" | "stroke" | "filter" | "mask" | "clip-path" | "marker-start"
+            | "marker-mid" | "marker-end" | "cursor"
+                if contains_ignore_case(&value, "url(") =>
+            {
+                replace_if_changed(&value, st.css(&value))
+            }
+            _ => Disposition::Keep,
+        };
+        if tag == "img" && name == "src" && disposition == Disposition::Remove {
+            // A blocked pixel goes entirely, so no broken-image frame is left behind.
+            el.remove();
+            return Ok(());
+        }
+        match disposition {
+            Disposition::Keep => {}
+            Disposition::Replace(new) => set_attribute(el, name, &new)?,
+            Disposition::Remove => el.remove_attribute(name),
+        }
+    }
+    Ok(())
+}
+
+fn svg_href(st: &mut State<'_>, tag: &str, value: &str) -> Disposition {
+    match tag {
+        "a" => Disposition::Keep,
+        "image" | "feimage" => st.image(value, false),
+        _ => st.other_load(value),
+    }
+}
+
+fn replace_if_changed(old: &str, new: String) -> Disposition {
+    if new == old {
+        Disposition::Keep
+    } else {
+        Disposition::Replace(new)
+    }
+}
+
+/// `lol_html` escapes quotes in values it writes but not `&`, so a decoded `&` would be
+/// read back as the start of an entity; escape it first.
+fn set_attribute(el: &mut Element<'_, '_>, name: &str, value: &str) -> HandlerResult {
+    let escaped = value.replace('&', "&amp;");
+    el.set_attribute(name, &escaped)?;
+    Ok(())
+}
+
+/// Attribute values arrive as written; entities (`&#104;ttp`, `&amp;`) are decoded as the
+/// browser would before the URL is looked at.
+fn decode_entities(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains('&') {
+        htmlize::unescape_attribute(raw)
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Markup hints of a tracking pixel: a 0 or 1 pixel size, or hidden by CSS.
+fn looks_like_pixel(attrs: &[(String, String)]) -> bool {
+    let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let width = get("width").and_then(parse_pixels);
+    let height = get("height").and_then(parse_pixels);
+    let hints = get("style").map(|s| css::style_hints(&decode_entities(s))).unwrap_or_default();
+    let width = hints.width_px.or(width);
+    let height = hints.height_px.or(height);
+    let tiny = |v: Option<f32>| v.is_some_and(|v| v <= 1.0);
+    let zero = |v: Option<f32>| v.is_some_and(|v| v <= 0.0);
+    hints.hidden || (tiny(width) && tiny(height)) || zero(width) || zero(height)
+}
+
+/// `1`, `1px`, ` 0 ` → pixels; percentages and junk → None.
+fn parse_pixels(value: &str) -> Option<f32> {
+    let v = value.trim();
+    let v = v.strip_suffix("px").unwrap_or(v).trim();
+    v.parse::<f32>().ok().filter(|n| n.is_finite())
+}
+
+fn on_style_text(state: &RefCell<State<'_>>, chunk: &mut TextChunk<'_>) -> HandlerResult {
+    let mut st = state.borrow_mut();
+    st.style.push_str(chunk.as_str());
+    if !chunk.last_in_text_node() {
+        chunk.remove();
+        return Ok(());
+    }
+    let text = std::mem::take(&mut st.style);
+    let rewritten = st.css(&text);
+    chunk.replace(&rewritten, ContentType::Html);
+    Ok(())
+}
+
+/// Rewrites the inside of `<!--[if …]> … <![endif]-->`, which Outlook renders as HTML
+/// (VML `v:fill`, `v:image`, `v:imagedata` backgrounds live there). Other comments are
+/// inert in every client and are left alone.
+fn on_comment(state: &RefCell<State<'_>>, c: &mut Comment<'_>) -> HandlerResult {
+    let text = c.text();
+    if !is_conditional(&text) || !may_reference(&text) {
+        return Ok(());
+    }
+    let (engine, base, depth) = {
+        let st = state.borrow();
+        (st.engine, st.base.clone(), st.depth)
+    };
+    if depth >= MAX_COMMENT_DEPTH {
+        state.borrow_mut().report.removed += 1;
+        c.remove();
+        return Ok(());
+    }
+    let inner_state = RefCell::new(State::new(engine, base, depth + 1));
+    let rewritten = run_rewriter(&text, &inner_state);
+    let mut st = state.borrow_mut();
+    st.report.merge(inner_state.into_inner().report);
+    match rewritten.ok().filter(|r| c.set_text(r).is_ok()) {
+        Some(_) => {}
+        None => {
+            // Could not rewrite it safely: drop it rather than leave remote references.
+            st.report.removed += 1;
+            c.remove();
+        }
+    }
+    Ok(())
+}
+
+fn is_conditional(text: &str) -> bool {
+    let t = text.trim_start();
+    t.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("[if"))
+}
+
+/// Cheap pre-check so that plain conditional wrappers (`<table>` for Outlook) skip the
+/// nested rewrite pass.
+fn may_reference(text: &str) -> bool {
+    ["src", "href", "url", "background", "//", "style", "poster", "&#", "\\"]
+        .iter()
+        .any(|needle| contains_ignore_case(text, needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::Key;
+
+    fn engine(mode: TrackerMode) -> Engine {
+        let base = Url::parse("http://proxy.test").unwrap();
+        let signer = Signer::new(&base, Key::from_bytes([3; 32]), vec![]);
+        Engine::new(signer, TrackerRules::builtin(), mode)
+    }
+
+    fn rewrite(html: &str) -> Rewritten {
+        engine(TrackerMode::Block).rewrite(html).unwrap()
+    }
+
+    #[test]
+    fn srcset_parsing() {
+        assert_eq!(
+            parse_srcset("a.png 1x, b.png 2x"),
+            vec![("a.png", "1x"), ("b.png", "2x")]
+        );
+        assert_eq!(parse_srcset("a,b.png"), vec![("a,b.png", "")]);
+        assert_eq!(parse_srcset("a.png,, b.png 100w"), vec![("a.png", ""), ("b.png", "100w")]);
+        assert_eq!(parse_srcset("  "), Vec::<(&str, &str)>::new());
+    }
+
+    #[test]
+    fn pixel_hints() {
+        let attrs = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert!(looks_like_pixel(&attrs(&[("width", "1"), ("height", "1px")])));
+        assert!(looks_like_pixel(&attrs(&[("width", "0")])));
+        assert!(!looks_like_pixel(&attrs(&[("width", "1")])));
+        assert!(!looks_like_pixel(&attrs(&[("width", "600"), ("height", "1")])));
+    }
+
+    #[test]
+    fn untouched_markup_is_byte_identical() {
+        let html = "<!DOCTYPE html><p class=x>Hi &amp; <a href=\"https://e.example/\">link</a><img src=\"cid:a\"></p>";
+        assert_eq!(rewrite(html).html, html);
+    }
+
+    #[test]
+    fn header_value_lists_hosts() {
+        let mut r = Report::default();
+        r.proxied = 2;
+        r.trackers = 1;
+        r.tracker_hosts.insert("t.example".into());
+        assert_eq!(r.header_value(), "proxied=2; trackers=1; removed=0; tracker-hosts=t.example");
+    }
+}
