@@ -21,8 +21,9 @@ use crate::css::{self, UrlAction, UrlKind};
 use crate::sign::Signer;
 use crate::trackers::TrackerRules;
 
-/// MSO comments nest rarely and never deeply; this bounds recursion on hostile input.
-const MAX_COMMENT_DEPTH: usize = 4;
+/// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
+/// hostile input.
+const MAX_NESTED_DEPTH: usize = 4;
 /// Upper bound on `lol_html`'s own buffers for one document.
 const MAX_REWRITER_MEMORY: usize = 32 * 1024 * 1024;
 /// Tracker hosts listed in the `X-Mailveil` header, so it stays one short line.
@@ -141,8 +142,9 @@ struct State<'e> {
     base: Option<Url>,
     /// How deep inside MSO comments this document is.
     depth: usize,
-    /// Text of the `<style>` element being collected.
-    style: String,
+    /// Text of the raw-text element (`<style>`, `<noscript>`…) being collected; they cannot
+    /// nest, so one buffer serves all.
+    raw_text: String,
     report: Report,
 }
 
@@ -170,7 +172,7 @@ impl<'e> State<'e> {
             engine,
             base,
             depth,
-            style: String::new(),
+            raw_text: String::new(),
             report: Report::default(),
         }
     }
@@ -349,6 +351,9 @@ fn run_rewriter(html: &str, state: &RefCell<State<'_>>) -> Result<String, HtmlEr
     let settings = Settings::new()
         .append_element_content_handler(element!("*", |el| on_element(state, el)))
         .append_element_content_handler(text!("style", |chunk| on_style_text(state, chunk)))
+        .append_element_content_handler(text!("noscript, noembed, noframes", |chunk| {
+            on_fallback_text(state, chunk)
+        }))
         .append_document_content_handler(doc_comments!(|c| on_comment(state, c)))
         .with_memory_settings(
             MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
@@ -569,12 +574,12 @@ fn parse_pixels(value: &str) -> Option<f32> {
 
 fn on_style_text(state: &RefCell<State<'_>>, chunk: &mut TextChunk<'_>) -> HandlerResult {
     let mut st = state.borrow_mut();
-    st.style.push_str(chunk.as_str());
+    st.raw_text.push_str(chunk.as_str());
     if !chunk.last_in_text_node() {
         chunk.remove();
         return Ok(());
     }
-    let text = std::mem::take(&mut st.style);
+    let text = std::mem::take(&mut st.raw_text);
     let rewritten = st.css(&text);
     chunk.replace(&rewritten, ContentType::Html);
     Ok(())
@@ -588,28 +593,57 @@ fn on_comment(state: &RefCell<State<'_>>, c: &mut Comment<'_>) -> HandlerResult 
     if !is_conditional(&text) || !may_reference(&text) {
         return Ok(());
     }
-    let (engine, base, depth) = {
-        let st = state.borrow();
-        (st.engine, st.base.clone(), st.depth)
-    };
-    if depth >= MAX_COMMENT_DEPTH {
-        state.borrow_mut().report.removed += 1;
-        c.remove();
-        return Ok(());
-    }
-    let inner_state = RefCell::new(State::new(engine, base, depth + 1));
-    let rewritten = run_rewriter(&text, &inner_state);
-    let mut st = state.borrow_mut();
-    st.report.merge(inner_state.into_inner().report);
-    match rewritten.ok().filter(|r| c.set_text(r).is_ok()) {
+    match rewrite_nested(state, &text).filter(|r| c.set_text(r).is_ok()) {
         Some(_) => {}
         None => {
             // Could not rewrite it safely: drop it rather than leave remote references.
-            st.report.removed += 1;
+            state.borrow_mut().report.removed += 1;
             c.remove();
         }
     }
     Ok(())
+}
+
+/// `<noscript>`, `<noembed>` and `<noframes>` hold raw text for `lol_html` (as for a
+/// browser with scripting on), but a client with scripting off renders it as HTML.
+fn on_fallback_text(state: &RefCell<State<'_>>, chunk: &mut TextChunk<'_>) -> HandlerResult {
+    let text = {
+        let mut st = state.borrow_mut();
+        st.raw_text.push_str(chunk.as_str());
+        if !chunk.last_in_text_node() {
+            chunk.remove();
+            return Ok(());
+        }
+        std::mem::take(&mut st.raw_text)
+    };
+    if !may_reference(&text) {
+        chunk.replace(&text, ContentType::Html);
+        return Ok(());
+    }
+    match rewrite_nested(state, &text) {
+        Some(rewritten) => chunk.replace(&rewritten, ContentType::Html),
+        None => {
+            state.borrow_mut().report.removed += 1;
+            chunk.remove();
+        }
+    }
+    Ok(())
+}
+
+/// Runs the whole rewriter on markup found inside a comment or raw-text element, with the
+/// same base URL, and adds its counts to ours. None when it cannot be done safely.
+fn rewrite_nested(state: &RefCell<State<'_>>, text: &str) -> Option<String> {
+    let (engine, base, depth) = {
+        let st = state.borrow();
+        (st.engine, st.base.clone(), st.depth)
+    };
+    if depth >= MAX_NESTED_DEPTH {
+        return None;
+    }
+    let inner = RefCell::new(State::new(engine, base, depth + 1));
+    let rewritten = run_rewriter(text, &inner).ok();
+    state.borrow_mut().report.merge(inner.into_inner().report);
+    rewritten
 }
 
 fn is_conditional(text: &str) -> bool {

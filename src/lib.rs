@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod css;
+pub mod filter;
 pub mod html;
+pub mod mime;
 pub mod sign;
 pub mod trackers;

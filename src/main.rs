@@ -1,3 +1,287 @@
-fn main() {
-    println!("Hello, world!");
+//! The `mailveil` command line: argument parsing, logging set-up, exit codes.
+//!
+//! Everything of substance lives in the library; this file wires config to engine and
+//! standard streams to the filter, and decides exit codes. `filter` is special: whatever
+//! fails (config, key, parsing), it still writes a message to stdout.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use mailveil::config::{Config, OnError, RawConfig};
+use mailveil::html::Engine;
+use mailveil::sign::{Key, Signer};
+use mailveil::trackers::TrackerRules;
+
+/// sysexits.h: temporary failure, the MTA should retry.
+const EX_TEMPFAIL: u8 = 75;
+/// sysexits.h: bad configuration.
+const EX_CONFIG: u8 = 78;
+
+/// Ends email read-tracking.
+///
+/// mailveil rewrites every remote reference in a message's HTML to a signed URL on its own
+/// proxy, fetches those resources anonymously at delivery time and serves them to the
+/// reader, so the sender never learns when, where or whether the mail was read. Known
+/// tracking pixels are removed and reported in an `X-Mailveil` header.
+#[derive(Debug, Parser)]
+#[command(name = "mailveil", version, max_term_width = 100)]
+struct Cli {
+    /// Config file (TOML). Without it and without $MAILVEIL_CONFIG, built-in defaults apply:
+    /// listen on 127.0.0.1:8700, state and cache under your data and cache directories.
+    #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// More log output on stderr (-v debug, -vv trace). $MAILVEIL_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Rewrite one RFC 5322 message from stdin to stdout (for procmail, maildrop, Sieve, fetchmail).
+    ///
+    /// Never loses a message: if anything goes wrong the original bytes are written
+    /// unchanged, the reason goes to stderr, and the exit status is 0 (or 75 with
+    /// `filter.on_error = "tempfail"`).
+    Filter,
+    /// Rewrite an HTML document from FILE (or stdin) to stdout.
+    Rewrite {
+        /// HTML file to read; stdin when absent or "-".
+        file: Option<PathBuf>,
+    },
+    /// Print the proxy URL for URL.
+    Sign {
+        /// An http or https URL.
+        url: String,
+    },
+    /// Print a new random signing key (64 hex digits) for `keys.key_file`.
+    Keygen,
+    /// Validate the config, print the effective configuration, exit non-zero on error.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::Filter => return run_filter(cli.config.as_deref()),
+        Command::Rewrite { file } => run_rewrite(cli.config.as_deref(), file.as_deref()),
+        Command::Sign { url } => run_sign(cli.config.as_deref(), url),
+        Command::Keygen => run_keygen(),
+        Command::CheckConfig => run_check_config(cli.config.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailveil: {e:#}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILVEIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Loads the config named on the command line (or by $MAILVEIL_CONFIG), else the defaults.
+fn load_raw(path: Option<&Path>) -> Result<RawConfig> {
+    match path {
+        Some(path) => Ok(RawConfig::from_file(path)?),
+        None => Ok(RawConfig::default()),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(Config::from_raw(&load_raw(path)?)?)
+}
+
+/// Builds the rewrite engine: keys (creating the signing key on first use) and trackers.
+fn build_engine(config: &Config) -> Result<Engine> {
+    let key = Key::load_or_create(&config.keys.key_file)?;
+    let previous = config
+        .keys
+        .previous_key_files
+        .iter()
+        .map(|p| Key::load(p))
+        .collect::<Result<Vec<_>, _>>()
+        .context("keys.previous_key_files")?;
+    let signer = Signer::new(&config.public_url, key, previous);
+    Ok(Engine::new(signer, load_trackers(config)?, config.trackers.mode))
+}
+
+fn load_trackers(config: &Config) -> Result<TrackerRules> {
+    let mut rules = if config.trackers.builtin {
+        TrackerRules::builtin()
+    } else {
+        TrackerRules::empty()
+    };
+    for (i, path) in config.trackers.lists.iter().enumerate() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("trackers.lists[{i}] = {:?}", path.display().to_string()))?;
+        let name = path.display().to_string();
+        let added = rules
+            .add_adblock_list(&name, &text)
+            .with_context(|| format!("trackers.lists[{i}] = {name:?}"))?;
+        tracing::debug!(list = %name, rules = added, "tracker list loaded");
+    }
+    Ok(rules)
+}
+
+fn run_rewrite(config: Option<&Path>, file: Option<&Path>) -> Result<()> {
+    let engine = build_engine(&load_config(config)?)?;
+    let bytes = match file {
+        Some(path) if path != Path::new("-") => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        _ => read_all_stdin()?,
+    };
+    let html = String::from_utf8_lossy(&bytes);
+    let rewritten = engine.rewrite(&html)?;
+    tracing::info!(summary = %rewritten.report.header_value(), "rewritten");
+    let mut out = std::io::stdout().lock();
+    out.write_all(rewritten.html.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn read_all_stdin() -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read stdin")?;
+    Ok(bytes)
+}
+
+fn run_sign(config: Option<&Path>, url: &str) -> Result<()> {
+    let config = load_config(config)?;
+    let target = url::Url::parse(url).with_context(|| format!("not a URL: {url:?}"))?;
+    anyhow::ensure!(
+        matches!(target.scheme(), "http" | "https"),
+        "only http and https URLs can be proxied: {url:?}"
+    );
+    let key = Key::load_or_create(&config.keys.key_file)?;
+    let signer = Signer::new(&config.public_url, key, Vec::new());
+    println!("{}", signer.sign(&target));
+    Ok(())
+}
+
+fn run_keygen() -> Result<()> {
+    let key = Key::generate().map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    println!("{}", key.to_hex());
+    Ok(())
+}
+
+fn run_check_config(path: Option<&Path>) -> Result<()> {
+    let raw = load_raw(path)?;
+    let config = Config::from_raw(&raw)?;
+    load_trackers(&config)?;
+    for (i, p) in config.keys.previous_key_files.iter().enumerate() {
+        Key::load(p).with_context(|| format!("keys.previous_key_files[{i}]"))?;
+    }
+    print!("{}", raw.to_toml());
+    Ok(())
+}
+
+/// `mailveil filter`: the one command that must write a message whatever happens.
+fn run_filter(config_path: Option<&Path>) -> ExitCode {
+    let config = load_config(config_path);
+    let limit = config
+        .as_ref()
+        .map(|c| c.filter.max_message_bytes)
+        .unwrap_or(RawConfig::default().filter.max_message_bytes);
+    let on_error = config.as_ref().map(|c| c.filter.on_error).unwrap_or(OnError::Pass);
+    let input = match read_limited_stdin(limit) {
+        Ok(input) => input,
+        Err(e) => {
+            // We may have consumed part of the message and cannot give it back.
+            eprintln!("mailveil filter: cannot read the message: {e:#}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
+    let outcome = match (&input, config) {
+        (Input::TooLarge(_), _) => Err(anyhow::anyhow!("message larger than {limit} bytes")),
+        (Input::Whole(_), Err(e)) => Err(e.context("configuration")),
+        (Input::Whole(raw), Ok(config)) => filter_with(&config, raw),
+    };
+    match outcome {
+        Ok(message) => write_or_tempfail(|out| out.write_all(&message)),
+        Err(e) => {
+            eprintln!("mailveil filter: passing the message through unchanged: {e:#}");
+            let status = write_or_tempfail(|out| input.write_original(out));
+            match on_error {
+                OnError::Pass => status,
+                OnError::Tempfail => ExitCode::from(EX_TEMPFAIL),
+            }
+        }
+    }
+}
+
+fn filter_with(config: &Config, raw: &[u8]) -> Result<Vec<u8>> {
+    let engine = build_engine(config)?;
+    let filtered = mailveil::filter::filter_message(&engine, raw)?;
+    tracing::info!(
+        html_parts = filtered.html_parts,
+        summary = %filtered.report.header_value(),
+        "message rewritten"
+    );
+    Ok(filtered.message)
+}
+
+/// Writes to stdout; a failed write means the MTA has a truncated message, so ask it to retry.
+fn write_or_tempfail(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailveil filter: cannot write the message: {e}");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
+}
+
+/// The message as read from stdin.
+enum Input {
+    /// All of it, within the size limit.
+    Whole(Vec<u8>),
+    /// The first `limit + 1` bytes; the rest is still on stdin and is streamed through.
+    TooLarge(Vec<u8>),
+}
+
+impl Input {
+    fn write_original(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        match self {
+            Input::Whole(bytes) => out.write_all(bytes),
+            Input::TooLarge(head) => {
+                out.write_all(head)?;
+                std::io::copy(&mut std::io::stdin().lock(), out).map(|_| ())
+            }
+        }
+    }
+}
+
+fn read_limited_stdin(limit: u64) -> std::io::Result<Input> {
+    let mut bytes = Vec::new();
+    std::io::stdin().lock().take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        Ok(Input::TooLarge(bytes))
+    } else {
+        Ok(Input::Whole(bytes))
+    }
 }

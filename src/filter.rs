@@ -1,0 +1,71 @@
+//! The message filter behind `mailveil filter` (and, later, the milter and the rewrite API):
+//! one RFC 5322 message in, one message out, never lost.
+//!
+//! Every HTML part is rewritten by the [`Engine`](crate::html::Engine) through
+//! [`crate::mime`], and one `X-Mailveil` header is prepended. Whatever goes wrong — a parser
+//! panic included — the caller gets a [`FilterError`] and passes the original bytes on.
+//! This module does no I/O; reading stdin and writing stdout is `main`'s job.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::html::{Engine, Report};
+use crate::mime::{self, MimeLimits};
+
+/// Name of the header added to every rewritten message.
+pub const HEADER_NAME: &str = "X-Mailveil";
+
+/// Why a message is passed through unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The input has no header section (empty input, binary junk).
+    #[error("not a message: {0}")]
+    NotAMessage(String),
+    /// The MIME structure or an HTML part could not be rewritten.
+    #[error("cannot rewrite: {0}")]
+    Rewrite(String),
+    /// A parser panicked on this input; the panic was contained.
+    #[error("internal error while parsing the message (contained)")]
+    Panic,
+}
+
+/// A rewritten message and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Filtered {
+    /// The new message bytes.
+    pub message: Vec<u8>,
+    /// Counts, tracker hosts and the URLs to prefetch.
+    pub report: Report,
+    /// HTML parts rewritten.
+    pub html_parts: usize,
+}
+
+/// Rewrites every HTML part of `raw` and adds the `X-Mailveil` header.
+///
+/// # Errors
+/// [`FilterError`] when the message cannot be rewritten; the caller must then pass `raw`
+/// on unchanged.
+pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
+    let limits = MimeLimits::default();
+    let mut report = Report::default();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        mime::rewrite_html_parts(raw, &limits, &mut |html: &str| {
+            let rewritten = engine.rewrite(html).map_err(|e| e.to_string())?;
+            report.merge(rewritten.report);
+            Ok(rewritten.html)
+        })
+    }));
+    let outcome = match result {
+        Err(_) => return Err(FilterError::Panic),
+        Ok(Err(mime::MimeError::NoHeaders)) => {
+            return Err(FilterError::NotAMessage("no header section".into()))
+        }
+        Ok(Err(e)) => return Err(FilterError::Rewrite(e.to_string())),
+        Ok(Ok(outcome)) => outcome,
+    };
+    let message = mime::prepend_header(&outcome.message, HEADER_NAME, &report.header_value());
+    Ok(Filtered {
+        message,
+        report,
+        html_parts: outcome.html_parts,
+    })
+}
