@@ -126,12 +126,7 @@ impl Engine {
     /// # Errors
     /// [`HtmlError`] when `lol_html` refuses the input; the caller keeps the original.
     pub fn rewrite(&self, html: &str) -> Result<Rewritten, HtmlError> {
-        let state = RefCell::new(State::new(self, None, 0));
-        let html = run_rewriter(html, &state)?;
-        Ok(Rewritten {
-            html,
-            report: state.into_inner().report,
-        })
+        rewrite_document(self, html, None, 0)
     }
 }
 
@@ -345,16 +340,60 @@ fn join_candidate(url: &str, descriptors: &str) -> String {
     }
 }
 
+/// How `lol_html` treats markup whose parsing context it cannot know without a DOM.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parsing {
+    /// Refuse ambiguous markup (`lol_html`'s strict mode).
+    Strict,
+    /// Carry on through ambiguous markup, and also rewrite the text of every raw-text
+    /// element as markup, so that whichever way a browser resolves the ambiguity, no
+    /// reference it would load is left behind.
+    Lenient,
+}
+
+/// Rewrites a document (or a fragment from a comment), strictly first; ambiguous markup,
+/// which `lol_html` refuses in strict mode, gets a second, lenient pass.
+fn rewrite_document(
+    engine: &Engine,
+    html: &str,
+    base: Option<Url>,
+    depth: usize,
+) -> Result<Rewritten, HtmlError> {
+    let mut last_error = None;
+    for parsing in [Parsing::Strict, Parsing::Lenient] {
+        let state = RefCell::new(State::new(engine, base.clone(), depth));
+        match run_rewriter(html, &state, parsing) {
+            Ok(html) => {
+                return Ok(Rewritten {
+                    html,
+                    report: state.into_inner().report,
+                })
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or(HtmlError::Encoding))
+}
+
 /// Runs `lol_html` over `html` with our handlers.
-fn run_rewriter(html: &str, state: &RefCell<State<'_>>) -> Result<String, HtmlError> {
+fn run_rewriter(
+    html: &str,
+    state: &RefCell<State<'_>>,
+    parsing: Parsing,
+) -> Result<String, HtmlError> {
     let mut out = Vec::with_capacity(html.len() + html.len() / 4);
+    let fallback_selector = match parsing {
+        Parsing::Strict => "noscript, noembed, noframes",
+        Parsing::Lenient => "noscript, noembed, noframes, xmp, textarea, title, plaintext",
+    };
     let settings = Settings::new()
         .append_element_content_handler(element!("*", |el| on_element(state, el)))
         .append_element_content_handler(text!("style", |chunk| on_style_text(state, chunk)))
-        .append_element_content_handler(text!("noscript, noembed, noframes", |chunk| {
+        .append_element_content_handler(text!(fallback_selector, |chunk| {
             on_fallback_text(state, chunk)
         }))
         .append_document_content_handler(doc_comments!(|c| on_comment(state, c)))
+        .with_strict(parsing == Parsing::Strict)
         .with_memory_settings(
             MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
         );
@@ -488,6 +527,7 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
             "background" | "poster" | "icon" => st.image(&value, false),
             "style" => replace_if_changed(&value, st.css(&value)),
             "href" | "xlink:href" if svg => svg_href(st, tag, &value),
+            "href" if matches!(tag, "a" | "area") => absolute_link(st, &value),
             "ping" | "manifest" => st.other_load(&value),
             "fill" | "stroke" | "filter" | "mask" | "clip-path" | "marker-start"
             | "marker-mid" | "marker-end" | "cursor"
@@ -516,6 +556,22 @@ fn svg_href(st: &mut State<'_>, tag: &str, value: &str) -> Disposition {
         "a" => Disposition::Keep,
         "image" | "feimage" => st.image(value, false),
         _ => st.other_load(value),
+    }
+}
+
+/// With `<base href>` gone, a relative link must be made absolute to keep pointing where
+/// the sender meant. Links are followed only when clicked, so they are not proxied.
+fn absolute_link(st: &State<'_>, value: &str) -> Disposition {
+    let Some(base) = &st.base else {
+        return Disposition::Keep;
+    };
+    let v = value.trim();
+    if v.is_empty() || v.starts_with('#') || Url::parse(v).is_ok() {
+        return Disposition::Keep;
+    }
+    match base.join(v) {
+        Ok(url) => Disposition::Replace(url.into()),
+        Err(_) => Disposition::Keep,
     }
 }
 
@@ -640,10 +696,9 @@ fn rewrite_nested(state: &RefCell<State<'_>>, text: &str) -> Option<String> {
     if depth >= MAX_NESTED_DEPTH {
         return None;
     }
-    let inner = RefCell::new(State::new(engine, base, depth + 1));
-    let rewritten = run_rewriter(text, &inner).ok();
-    state.borrow_mut().report.merge(inner.into_inner().report);
-    rewritten
+    let rewritten = rewrite_document(engine, text, base, depth + 1).ok()?;
+    state.borrow_mut().report.merge(rewritten.report);
+    Some(rewritten.html)
 }
 
 fn is_conditional(text: &str) -> bool {

@@ -216,7 +216,11 @@ fn run_filter(config_path: Option<&Path>) -> ExitCode {
         }
     };
     let outcome = match (&input, config) {
-        (Input::TooLarge(_), _) => Err(anyhow::anyhow!("message larger than {limit} bytes")),
+        (Input::TooLarge(_), _) => {
+            // A size policy, not a failure: retrying would not make the message smaller.
+            eprintln!("mailveil filter: message larger than {limit} bytes, passed through unchanged");
+            return write_or_tempfail(|out| input.write_original(out));
+        }
         (Input::Whole(_), Err(e)) => Err(e.context("configuration")),
         (Input::Whole(raw), Ok(config)) => filter_with(&config, raw),
     };
