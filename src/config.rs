@@ -17,20 +17,20 @@ use url::Url;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// The file that was asked for.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has keys of the wrong type or unknown keys.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {error}")]
     Parse {
         /// The file being parsed.
         path: PathBuf,
         /// The parser's message, which carries the line and the key.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// A key has a value of the right type that is still not acceptable.
     #[error("{key} = {value:?}: {reason}")]
@@ -261,13 +261,13 @@ impl RawConfig {
     /// [`ConfigError::Read`] or [`ConfigError::Parse`] (unknown keys are refused, so typos
     /// do not silently fall back to defaults).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            error: Box::new(error),
         })
     }
 

@@ -322,7 +322,12 @@ impl Rewriter<'_> {
     ) {
         let prelude = scan_prelude(p);
         let Some((range, url)) = prelude.target else {
-            return self.finish_prelude(p, prelude.opens_block, depth, ctx);
+            // No url() or string: invalid CSS that browsers ignore, but a lenient client
+            // might read `@import http://x/y.css;` anyway. Nothing worth keeping: drop it.
+            if prelude.opens_block {
+                skip_block(p);
+            }
+            return self.push(rule_start, p.position(), Cow::Borrowed(""));
         };
         match (self.decide)(&url, UrlKind::Import) {
             UrlAction::Keep => self.finish_prelude(p, prelude.opens_block, depth, ctx),

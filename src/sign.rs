@@ -27,12 +27,12 @@ const MAX_TARGET_LEN: usize = 8 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     /// The key file could not be read or created.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}: {error}")]
     KeyIo {
         /// The file at fault.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The key file does not hold 64 hex digits.
     #[error("key file {path}: expected 64 hex digits (generate one with `mailveil keygen`)")]
@@ -119,10 +119,10 @@ impl Key {
     }
 }
 
-fn key_io(path: &Path, source: std::io::Error) -> SignError {
+fn key_io(path: &Path, error: std::io::Error) -> SignError {
     SignError::KeyIo {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

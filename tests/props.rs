@@ -21,7 +21,7 @@ fn snippet(url: String, pick: u8, quote: bool) -> String {
     let css_q = if quote { "'" } else { "" };
     match pick % 20 {
         0 => format!("<img src={q}{url}{q}>"),
-        1 => format!("<IMG SRCSET={q}{url} 1x, {url}2 2x{q}>"),
+        1 => format!("<IMG SRCSET=\"{url} 1x, {url}2 2x\">"),
         2 => format!("<picture><source srcset=\"{url} 600w\"><img src=\"cid:x\"></picture>"),
         3 => format!("<td background={q}{url}{q}>x</td>"),
         4 => format!("<div style=\"background:URL({css_q}{url}{css_q})\">x</div>"),
