@@ -762,9 +762,11 @@ mod tests {
 
     #[test]
     fn header_value_lists_hosts() {
-        let mut r = Report::default();
-        r.proxied = 2;
-        r.trackers = 1;
+        let mut r = Report {
+            proxied: 2,
+            trackers: 1,
+            ..Report::default()
+        };
         r.tracker_hosts.insert("t.example".into());
         assert_eq!(r.header_value(), "proxied=2; trackers=1; removed=0; tracker-hosts=t.example");
     }

@@ -166,8 +166,8 @@ fn truncated_messages_are_never_lost() {
 #[test]
 fn multipart_nested_1000_deep_is_handled() {
     let depth = 1000;
-    let mut body = format!(
-        "Content-Type: text/html; charset=utf-8\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n"
+    let mut body = String::from(
+        "Content-Type: text/html; charset=utf-8\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n",
     );
     for i in (0..depth).rev() {
         body = format!(

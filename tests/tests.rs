@@ -1,5 +1,7 @@
 //! The integration test binary: one binary, shared harness in `util`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 mod cli;

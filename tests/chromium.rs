@@ -1,0 +1,608 @@
+//! A real browser shows that a rewritten message contacts nobody but the proxy.
+//!
+//! Each fixture in `tests/data/chromium/` is shown twice in headless Chromium, each time with
+//! three fresh loopback servers: a page server serving the document, a tracker server standing
+//! in for every remote host the fixture names (it logs every connection it accepts), and a
+//! proxy server at the engine's `public_url` answering `/i/...` with a 1x1 PNG.
+//!
+//! 1. The original document must reach the tracker, through at least the fixture's core
+//!    vectors: this proves the fixture and the harness can see a leak.
+//! 2. The rewritten document must not reach the tracker at all, and must reach the proxy, with
+//!    nothing but validly signed URLs.
+//!
+//! Fixtures write the tracker as `TRACKER` (replaced by its `127.0.0.1:PORT`) or as a name
+//! under `tracker.test` (mapped to it by Chromium's host resolver rules). Every path names its
+//! vector, so a failure says which markup leaked.
+//!
+//! Chromium is Debian's `chromium` package, run as `/usr/lib/chromium/chromium` or as the
+//! binary named by `MAILVEIL_CHROMIUM`. Without it these tests fail; CI installs it in
+//! `.ci/run`.
+
+use std::collections::BTreeSet;
+use std::error::Error;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::panic::resume_unwind;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mailveil::config::TrackerMode;
+use mailveil::html::Engine;
+use mailveil::sign::{Key, Signer};
+use mailveil::trackers::TrackerRules;
+use url::Url;
+
+type TestResult<T = ()> = Result<T, Box<dyn Error>>;
+
+/// Where Debian's `chromium` package puts the browser itself (not the `/usr/bin` wrapper).
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+/// Names another Chromium binary, for machines that are not Debian.
+const CHROMIUM_ENV: &str = "MAILVEIL_CHROMIUM";
+/// A run is killed after this long, so a hung browser fails the test instead of stalling it.
+const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server waits for a request on a connection it accepted.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fixtures write the tracker's address as this.
+const TRACKER_PLACEHOLDER: &str = "TRACKER";
+/// Fixtures may also name the tracker as this host or a subdomain of it.
+const TRACKER_DOMAIN: &str = "tracker.test";
+const KEY: [u8; 32] = [7; 32];
+/// A valid 1x1 transparent PNG.
+const PNG_1X1: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
+    0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f,
+    0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00,
+    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49,
+    0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// Browsers run one at a time: two cores do not take several well, and virtual time is
+/// only as reliable as the machine is idle.
+static CHROMIUM_TURN: Mutex<()> = Mutex::new(());
+
+#[test]
+fn chromium_attribute_vectors_reach_only_the_proxy() -> TestResult {
+    check(&Fixture {
+        name: "attributes",
+        html: include_str!("data/chromium/attributes.html"),
+        scripting: Scripting::On,
+        core_vectors: &[
+            "/img-src.png",
+            "/img-src-named-host.png",
+            "/picture-source.png",
+            "/table-background.png",
+            "/svg-image-href.png",
+            "/video-poster.png",
+            "/iframe.html",
+            "/input-image.png",
+            "/base/rel-under-base.png",
+            "/protocol-relative.png",
+            "/entity-decimal.png",
+            "/odd-case-upper.png",
+            "/script-src.js",
+            "/onerror-fetch",
+            "/lazy-far-down.png",
+        ],
+    })
+}
+
+#[test]
+fn chromium_css_vectors_reach_only_the_proxy() -> TestResult {
+    check(&Fixture {
+        name: "css",
+        html: include_str!("data/chromium/css.html"),
+        scripting: Scripting::On,
+        core_vectors: &[
+            "/style-import-url.css",
+            "/font-face.woff2",
+            "/style-background.png",
+            "/style-image-set.png",
+            "/style-escaped-function.png",
+            "/inline-url.png",
+            "/inline-image-set-1x.png",
+            "/inline-entity.png",
+            "/inline-far-down.png",
+        ],
+    })
+}
+
+#[test]
+fn chromium_noscript_content_reaches_only_the_proxy_with_scripting_off() -> TestResult {
+    check(&Fixture {
+        name: "noscript",
+        html: include_str!("data/chromium/noscript.html"),
+        scripting: Scripting::Off,
+        core_vectors: &["/noscript-img.png", "/noscript-style.png", "/outside-noscript.png"],
+    })
+}
+
+#[test]
+fn chromium_meta_refresh_reaches_only_the_proxy() -> TestResult {
+    check(&Fixture {
+        name: "refresh",
+        html: include_str!("data/chromium/refresh.html"),
+        scripting: Scripting::On,
+        core_vectors: &["/meta-refresh"],
+    })
+}
+
+#[test]
+fn chromium_frameset_reaches_only_the_proxy() -> TestResult {
+    check(&Fixture {
+        name: "frameset",
+        html: include_str!("data/chromium/frameset.html"),
+        scripting: Scripting::On,
+        core_vectors: &["/frame.html", "/frame-named-host.html"],
+    })
+}
+
+/// One document under `tests/data/chromium/` and what showing it must prove.
+struct Fixture {
+    name: &'static str,
+    /// The document, with the tracker written as [`TRACKER_PLACEHOLDER`].
+    html: &'static str,
+    scripting: Scripting,
+    /// Tracker request targets the original must produce: vectors every Chromium loads, so
+    /// that a fixture or harness that stopped working fails instead of passing vacuously.
+    core_vectors: &'static [&'static str],
+}
+
+impl Fixture {
+    /// The document as sent to a client when the tracker listens at `tracker`.
+    fn html_for(&self, tracker: &Server) -> String {
+        self.html.replace(TRACKER_PLACEHOLDER, &tracker.host())
+    }
+}
+
+/// Whether Chromium runs scripts. Most mail clients do not, and then `<noscript>` is markup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scripting {
+    On,
+    Off,
+}
+
+/// Shows the original and then the rewritten document, asserting what each must prove.
+fn check(fixture: &Fixture) -> TestResult {
+    let original = show_original(fixture)?;
+    assert_reaches_tracker(fixture, &original);
+    let (rewritten, signer) = show_rewritten(fixture)?;
+    assert_reaches_only_proxy(fixture, &rewritten, &signer);
+    Ok(())
+}
+
+/// What the servers saw while Chromium showed one document.
+struct Visit {
+    /// The tracker's address, the only upstream a signed URL may name.
+    tracker_addr: SocketAddr,
+    tracker: Vec<String>,
+    proxy: Vec<String>,
+    page: Vec<String>,
+    chromium: ChromiumRun,
+}
+
+impl Visit {
+    /// Everything worth reading when an assertion fails.
+    fn diagnostics(&self) -> String {
+        format!(
+            "page server saw: {:?}\nproxy saw {} requests\nchromium exited with {}; the end of its stderr:\n{}\nits DOM:\n{}",
+            self.page,
+            self.proxy.len(),
+            self.chromium.status,
+            tail(&self.chromium.stderr, 1500),
+            tail(&self.chromium.dom, 3000),
+        )
+    }
+}
+
+fn show_original(fixture: &Fixture) -> TestResult<Visit> {
+    let tracker = Server::start(answer_as_tracker)?;
+    let proxy = Server::start(answer_as_proxy)?;
+    let html = fixture.html_for(&tracker);
+    visit(fixture, html, tracker, proxy)
+}
+
+/// Rewrites the document for a proxy at a fresh server and shows the result. Also returns the
+/// signer, to check what the proxy was asked for.
+fn show_rewritten(fixture: &Fixture) -> TestResult<(Visit, Signer)> {
+    let tracker = Server::start(answer_as_tracker)?;
+    let proxy = Server::start(answer_as_proxy)?;
+    let public_url = Url::parse(&proxy.url("/"))?;
+    let signer = Signer::new(&public_url, Key::from_bytes(KEY), vec![]);
+    let engine = Engine::new(signer.clone(), TrackerRules::builtin(), TrackerMode::Block);
+    let html = engine.rewrite(&fixture.html_for(&tracker))?.html;
+    Ok((visit(fixture, html, tracker, proxy)?, signer))
+}
+
+/// Serves `html` from a page server, shows it in Chromium and collects the servers' logs.
+fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> TestResult<Visit> {
+    let path = format!("/{}.html", fixture.name);
+    let page_path = path.clone();
+    let page = Server::start(move |target| {
+        if target == page_path {
+            Response::ok("text/html; charset=utf-8", html.clone().into_bytes())
+        } else {
+            Response::not_found()
+        }
+    })?;
+    let tracker_addr = tracker.addr;
+    let chromium = run_chromium(&page.url(&path), tracker_addr, fixture.scripting)?;
+    Ok(Visit {
+        tracker_addr,
+        tracker: tracker.finish(),
+        proxy: proxy.finish(),
+        page: page.finish(),
+        chromium,
+    })
+}
+
+fn assert_reaches_tracker(fixture: &Fixture, visit: &Visit) {
+    let seen: BTreeSet<&str> = visit.tracker.iter().filter_map(|l| request_target(l)).collect();
+    let missing: Vec<&str> = fixture
+        .core_vectors
+        .iter()
+        .copied()
+        .filter(|v| !seen.contains(v))
+        .collect();
+    eprintln!(
+        "original {} fixture: the tracker saw {} connections: {:#?}",
+        fixture.name,
+        visit.tracker.len(),
+        visit.tracker
+    );
+    assert!(
+        !visit.tracker.is_empty() && missing.is_empty(),
+        "the ORIGINAL {} fixture must reach the tracker, or this test could not see a leak;\n\
+         core vectors that did not: {missing:?}\ntracker saw: {:#?}\n{}",
+        fixture.name,
+        visit.tracker,
+        visit.diagnostics()
+    );
+}
+
+fn assert_reaches_only_proxy(fixture: &Fixture, visit: &Visit, signer: &Signer) {
+    assert!(
+        visit.tracker.is_empty(),
+        "the REWRITTEN {} fixture reached the tracker ({} connections); leaked vectors:\n  {}\n{}",
+        fixture.name,
+        visit.tracker.len(),
+        visit.tracker.join("\n  "),
+        visit.diagnostics()
+    );
+    assert!(
+        !visit.proxy.is_empty(),
+        "the REWRITTEN {} fixture never reached the proxy\n{}",
+        fixture.name,
+        visit.diagnostics()
+    );
+    for line in &visit.proxy {
+        let verified = request_target(line).map(|target| signer.verify(target));
+        let upstream = match &verified {
+            Some(Ok(signed)) => signed.target(),
+            _ => panic!("the proxy was asked for {line:?}, not a signed URL: {verified:?}"),
+        };
+        assert!(
+            names_tracker(upstream, visit.tracker_addr),
+            "the proxy was asked to fetch {upstream}, which the fixture never named"
+        );
+    }
+}
+
+/// Whether `url` points at the tracker, by address or by a name under [`TRACKER_DOMAIN`].
+fn names_tracker(url: &Url, tracker: SocketAddr) -> bool {
+    let by_name = url
+        .host_str()
+        .is_some_and(|h| h == TRACKER_DOMAIN || h.ends_with(&format!(".{TRACKER_DOMAIN}")));
+    let by_address = url.host_str() == Some(&tracker.ip().to_string())
+        && url.port_or_known_default() == Some(tracker.port());
+    by_name || by_address
+}
+
+/// The target of a logged request line (`GET /x.png` gives `/x.png`); None for notes.
+fn request_target(line: &str) -> Option<&str> {
+    let mut parts = line.split(' ');
+    parts.next()?;
+    parts.next().filter(|t| t.starts_with('/'))
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser
+
+/// How one Chromium run ended and what it printed.
+struct ChromiumRun {
+    status: ExitStatus,
+    /// The DOM after loading (`--dump-dom`).
+    dom: String,
+    stderr: String,
+}
+
+/// The Chromium binary; fails the test, saying how to install it, when there is none.
+fn chromium_binary() -> PathBuf {
+    let path = std::env::var_os(CHROMIUM_ENV).map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "Chromium not found at {}: these tests need a real browser. Install Debian's package \
+         (`apt-get install chromium`, as .ci/run does) or set {CHROMIUM_ENV} to a Chromium binary",
+        path.display()
+    );
+    path
+}
+
+/// Loads `url` in a fresh headless Chromium, resolving [`TRACKER_DOMAIN`] names to `tracker`,
+/// and waits for it to finish (killing it after [`CHROMIUM_TIMEOUT`]).
+fn run_chromium(url: &str, tracker: SocketAddr, scripting: Scripting) -> TestResult<ChromiumRun> {
+    let binary = chromium_binary();
+    let work = tempfile::tempdir()?;
+    let (stdout_path, stderr_path) = (work.path().join("stdout"), work.path().join("stderr"));
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,4000",
+            "--run-all-compositor-stages-before-draw",
+        ])
+        .arg(format!("--user-data-dir={}", work.path().join("profile").display()))
+        .arg(format!(
+            "--host-resolver-rules=MAP {TRACKER_DOMAIN} {tracker}, MAP *.{TRACKER_DOMAIN} {tracker}"
+        ));
+    if scripting == Scripting::Off {
+        command.arg("--blink-settings=scriptEnabled=false");
+    }
+    // Its own process group, so that a timeout kills the renderers and helpers too.
+    command
+        .arg(url)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path)?)
+        .stderr(File::create(&stderr_path)?);
+    let status = {
+        let _turn = CHROMIUM_TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut child = command.spawn()?;
+        wait_or_kill(&mut child, CHROMIUM_TIMEOUT)?
+    };
+    let stderr = std::fs::read_to_string(&stderr_path)?;
+    let Some(status) = status else {
+        panic!(
+            "chromium did not finish within {CHROMIUM_TIMEOUT:?} and was killed; the end of its stderr:\n{}",
+            tail(&stderr, 2000)
+        );
+    };
+    Ok(ChromiumRun {
+        status,
+        dom: std::fs::read_to_string(&stdout_path)?,
+        stderr,
+    })
+}
+
+/// Waits for `child`; after `timeout`, kills its process group and returns None.
+fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The group is the one `process_group(0)` made for this child: its id is the child's.
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    child.kill().ok();
+    child.wait()?;
+    Ok(None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loopback servers
+
+/// What a server sends back for one request.
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status: "200 OK",
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self {
+            status: "404 Not Found",
+            content_type: "text/plain",
+            body: b"not found".to_vec(),
+        }
+    }
+}
+
+/// The tracker answers like the remote host it stands in for: a valid resource of the type
+/// the path suggests, so that chains (stylesheets, frames) behave as they would for real.
+fn answer_as_tracker(target: &str) -> Response {
+    let path = target.split('?').next().unwrap_or(target);
+    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match extension {
+        "css" => Response::ok("text/css", "p { color: black; }"),
+        "js" => Response::ok("text/javascript", "void 0;"),
+        "html" => Response::ok("text/html", "<!DOCTYPE html><p>remote document</p>"),
+        "svg" => Response::ok(
+            "image/svg+xml",
+            r#"<svg xmlns="http://www.w3.org/2000/svg"><rect id="shape" width="5" height="5"/><filter id="f"/><linearGradient id="p"/></svg>"#,
+        ),
+        "vtt" => Response::ok("text/vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\ncaption\n"),
+        _ => Response::ok("image/png", PNG_1X1),
+    }
+}
+
+/// The stand-in proxy answers every signed-looking URL with an image; checking signatures
+/// is left to the assertions, which see the log.
+fn answer_as_proxy(target: &str) -> Response {
+    if target.starts_with("/i/") {
+        Response::ok("image/png", PNG_1X1)
+    } else {
+        Response::not_found()
+    }
+}
+
+type Answer = dyn Fn(&str) -> Response + Send + Sync;
+
+/// A loopback HTTP/1.1 server that answers one request per connection and logs every
+/// connection it accepts: its request line without the version (`GET /x.png`), or a note in
+/// angle brackets when no HTTP request came (a preconnect, a TLS handshake).
+struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<String>>>,
+    acceptor: JoinHandle<Vec<JoinHandle<()>>>,
+}
+
+impl Server {
+    fn start(answer: impl Fn(&str) -> Response + Send + Sync + 'static) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let answer: Arc<Answer> = Arc::new(answer);
+        let acceptor = {
+            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            thread::spawn(move || accept_until_stopped(&listener, &stop, &log, &answer))
+        };
+        Ok(Self {
+            addr,
+            stop,
+            log,
+            acceptor,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Accepts what is still queued, waits until every connection is answered, stops, and
+    /// returns the log. Called once the browser has exited, so the log is complete.
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let handlers = self.acceptor.join().unwrap_or_else(|panic| resume_unwind(panic));
+        for handler in handlers {
+            handler.join().unwrap_or_else(|panic| resume_unwind(panic));
+        }
+        std::mem::take(&mut *lock(&self.log))
+    }
+}
+
+/// Accepts connections, one thread each, until asked to stop and nothing is left queued.
+fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    log: &Arc<Mutex<Vec<String>>>,
+    answer: &Arc<Answer>,
+) -> Vec<JoinHandle<()>> {
+    let mut handlers = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (log, answer) = (Arc::clone(log), Arc::clone(answer));
+                handlers.push(thread::spawn(move || serve_connection(stream, &log, &*answer)));
+            }
+            // Stop only on an empty queue: every connection the browser made is logged.
+            Err(e) if e.kind() == ErrorKind::WouldBlock && stop.load(Ordering::SeqCst) => {
+                return handlers;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                lock(log).push(format!("<accept failed: {e}>"));
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, log: &Mutex<Vec<String>>, answer: &Answer) {
+    let entry = match read_request_line(&mut stream) {
+        Ok(Some(line)) => {
+            if let Some(target) = request_target(&line) {
+                // The browser may have gone already; what it was sent does not matter then.
+                let _ = write_response(&mut stream, &answer(target));
+            }
+            line
+        }
+        Ok(None) => "<connection closed without a request>".to_owned(),
+        Err(e) => format!("<no request: {e}>"),
+    };
+    lock(log).push(entry);
+}
+
+/// Reads a request head and returns its first line without the HTTP version, a note when the
+/// bytes are not HTTP, or None when the peer sent nothing.
+fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let first = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(first);
+    Ok(Some(match line.rsplit_once(" HTTP/") {
+        Some((request, _)) => request.to_owned(),
+        None => format!("<not HTTP: {} bytes>", head.len()),
+    }))
+}
+
+fn write_response(stream: &mut TcpStream, response: &Response) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Access-Control-Allow-Origin: *\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&response.body)?;
+    stream.flush()
+}
+
+/// Locks a log even if a thread panicked while holding it: the entries are still good.
+fn lock(log: &Mutex<Vec<String>>) -> MutexGuard<'_, Vec<String>> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
