@@ -14,6 +14,10 @@ use crate::mime::{self, MimeLimits};
 /// Name of the header added to every rewritten message.
 pub const HEADER_NAME: &str = "X-Mailveil";
 
+/// Attached messages nested deeper than this are not parsed: the MIME parser frees nested
+/// messages recursively, and a stack overflow cannot be contained like a panic.
+const MAX_NESTED_MESSAGES: usize = 64;
+
 /// Why a message is passed through unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
@@ -23,6 +27,9 @@ pub enum FilterError {
     /// The MIME structure or an HTML part could not be rewritten.
     #[error("cannot rewrite: {0}")]
     Rewrite(String),
+    /// More attached messages than [`MAX_NESTED_MESSAGES`].
+    #[error("more than {MAX_NESTED_MESSAGES} attached messages")]
+    TooManyMessages,
     /// A parser panicked on this input; the panic was contained.
     #[error("internal error while parsing the message (contained)")]
     Panic,
@@ -45,6 +52,7 @@ pub struct Filtered {
 /// [`FilterError`] when the message cannot be rewritten; the caller must then pass `raw`
 /// on unchanged.
 pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
+    check_nesting(raw)?;
     let limits = MimeLimits::default();
     let mut report = Report::default();
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -68,4 +76,19 @@ pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErr
         report,
         html_parts: outcome.html_parts,
     })
+}
+
+/// Counts `message/rfc822` and `message/global` mentions (an upper bound on attached
+/// messages) without parsing.
+fn check_nesting(raw: &[u8]) -> Result<(), FilterError> {
+    let count = |needle: &[u8]| {
+        raw.windows(needle.len())
+            .filter(|w| w.eq_ignore_ascii_case(needle))
+            .count()
+    };
+    let mentions = count(b"message/rfc822") + count(b"message/global");
+    if mentions > MAX_NESTED_MESSAGES {
+        return Err(FilterError::TooManyMessages);
+    }
+    Ok(())
 }

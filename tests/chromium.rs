@@ -160,11 +160,23 @@ impl Fixture {
     }
 }
 
-/// Whether Chromium runs scripts. Most mail clients do not, and then `<noscript>` is markup.
+/// Whether the document may run scripts. Most mail clients forbid them, and then
+/// `<noscript>` holds markup, not text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scripting {
+    /// Shown as the top-level page.
     On,
+    /// Shown in an `<iframe sandbox>` without `allow-scripts`, as webmail shows messages.
     Off,
+}
+
+/// A page showing `document` in a sandboxed frame, where scripting is disabled. Chromium's
+/// own switch for that (`--blink-settings=scriptEnabled=false`) also stops `--dump-dom`.
+fn sandbox_page(document: &str) -> String {
+    format!(
+        "<!DOCTYPE html><title>sandbox</title>\
+         <iframe sandbox=\"allow-same-origin\" src=\"{document}\" width=\"1200\" height=\"3800\"></iframe>"
+    )
 }
 
 /// Shows the original and then the rewritten document, asserting what each must prove.
@@ -221,17 +233,20 @@ fn show_rewritten(fixture: &Fixture) -> TestResult<(Visit, Signer)> {
 
 /// Serves `html` from a page server, shows it in Chromium and collects the servers' logs.
 fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> TestResult<Visit> {
-    let path = format!("/{}.html", fixture.name);
-    let page_path = path.clone();
+    let document = format!("/{}.html", fixture.name);
+    let shown = match fixture.scripting {
+        Scripting::On => document.clone(),
+        Scripting::Off => format!("/{}-sandboxed.html", fixture.name),
+    };
+    let pages = [(document.clone(), html), (format!("/{}-sandboxed.html", fixture.name), sandbox_page(&document))];
     let page = Server::start(move |target| {
-        if target == page_path {
-            Response::ok("text/html; charset=utf-8", html.clone().into_bytes())
-        } else {
-            Response::not_found()
+        match pages.iter().find(|(path, _)| path == target) {
+            Some((_, html)) => Response::ok("text/html; charset=utf-8", html.clone()),
+            None => Response::not_found(),
         }
     })?;
     let tracker_addr = tracker.addr;
-    let chromium = run_chromium(&page.url(&path), tracker_addr, fixture.scripting)?;
+    let chromium = run_chromium(&page.url(&shown), tracker_addr)?;
     Ok(Visit {
         tracker_addr,
         tracker: tracker.finish(),
@@ -344,7 +359,7 @@ fn chromium_binary() -> PathBuf {
 
 /// Loads `url` in a fresh headless Chromium, resolving [`TRACKER_DOMAIN`] names to `tracker`,
 /// and waits for it to finish (killing it after [`CHROMIUM_TIMEOUT`]).
-fn run_chromium(url: &str, tracker: SocketAddr, scripting: Scripting) -> TestResult<ChromiumRun> {
+fn run_chromium(url: &str, tracker: SocketAddr) -> TestResult<ChromiumRun> {
     let binary = chromium_binary();
     let work = tempfile::tempdir()?;
     let (stdout_path, stderr_path) = (work.path().join("stdout"), work.path().join("stderr"));
@@ -368,9 +383,6 @@ fn run_chromium(url: &str, tracker: SocketAddr, scripting: Scripting) -> TestRes
         .arg(format!(
             "--host-resolver-rules=MAP {TRACKER_DOMAIN} {tracker}, MAP *.{TRACKER_DOMAIN} {tracker}"
         ));
-    if scripting == Scripting::Off {
-        command.arg("--blink-settings=scriptEnabled=false");
-    }
     // Its own process group, so that a timeout kills the renderers and helpers too.
     command
         .arg(url)

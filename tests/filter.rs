@@ -217,12 +217,12 @@ fn oversized_messages_stream_through_unchanged() {
 
 #[test]
 fn broken_config_still_delivers_the_message() {
-    let sandbox = Sandbox::new("[server]\nlisten = \"not an address\"\n");
+    let sandbox = Sandbox::new("[trackers]\nmode = \"sometimes\"\n");
     let input = b"From: a@b.example\r\nContent-Type: text/html\r\n\r\n<img src=\"https://x.example/a.png\">\r\n";
     let out = sandbox.run(&["filter"], input);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, input);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trackers.mode"));
 }
 
 #[test]
@@ -239,4 +239,16 @@ fn tempfail_mode_exits_75_with_the_original() {
     let out = pass.run(&["filter"], input);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, input);
+}
+
+#[test]
+fn attached_messages_nested_10000_deep_pass_through() {
+    let mut message = String::from("Content-Type: text/html\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n");
+    for _ in 0..10_000 {
+        message = format!("From: a@b.example\r\nContent-Type: message/rfc822\r\n\r\n{message}");
+    }
+    let (out, err, code) = run_filter(message.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, message.as_bytes());
+    assert!(err.contains("attached messages"), "{err}");
 }
