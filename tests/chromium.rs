@@ -55,11 +55,11 @@ const TRACKER_DOMAIN: &str = "tracker.test";
 const KEY: [u8; 32] = [7; 32];
 /// A valid 1x1 transparent PNG.
 const PNG_1X1: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
-    0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f,
-    0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00,
-    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49,
-    0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
 ];
 
 /// Browsers run one at a time: two cores do not take several well, and virtual time is
@@ -73,20 +73,46 @@ fn chromium_attribute_vectors_reach_only_the_proxy() -> TestResult {
         html: include_str!("data/chromium/attributes.html"),
         scripting: Scripting::On,
         core_vectors: &[
+            "/link-stylesheet.css",
+            "/script-src.js",
+            "/inline-script.png",
+            "/body-background.png",
+            "/body-onload",
             "/img-src.png",
             "/img-src-named-host.png",
+            "/img-srcset-1x.png",
+            "/img-srcset-w.png",
             "/picture-source.png",
+            "/picture-source-media.png",
             "/table-background.png",
+            "/td-background.png",
             "/svg-image-href.png",
+            "/svg-image-xlink-href.png",
+            "/svg-feimage.png",
+            "/svg-feimage-xlink.png",
             "/video-poster.png",
             "/iframe.html",
+            "/iframe-srcdoc.png",
+            "/object.html",
+            "/embed.html",
             "/input-image.png",
             "/base/rel-under-base.png",
             "/protocol-relative.png",
             "/entity-decimal.png",
+            "/entity-hex.png",
             "/odd-case-upper.png",
-            "/script-src.js",
+            "/odd-case-mixed.png",
+            "/whitespace-around.png",
+            "/tab-in-scheme.png",
+            "/backslashes.png",
+            "/entity-no-semicolon.png",
+            "/entity-named-colon.png",
+            "/entity-newline-in-scheme.png",
+            "/image-element.png",
+            "/track/open?id=42",
+            "/mso-not-revealed.png",
             "/onerror-fetch",
+            "/svg-onload",
             "/lazy-far-down.png",
         ],
     })
@@ -100,13 +126,41 @@ fn chromium_css_vectors_reach_only_the_proxy() -> TestResult {
         scripting: Scripting::On,
         core_vectors: &[
             "/style-import-url.css",
+            "/style-import-string.css",
             "/font-face.woff2",
+            "/font-face-fallback.woff",
             "/style-background.png",
             "/style-image-set.png",
+            "/style-webkit-image-set.png",
             "/style-escaped-function.png",
+            "/style-escaped-url.png",
+            "/style-list-style-image.png",
+            "/style-content-before.png",
+            "/style-border-image.png",
+            "/style-mask-image.png",
+            "/style-media.png",
+            "/style-supports.png",
+            "/style-protocol-relative.png",
+            "/style-upper-case.png",
+            "/style-escaped-r.png",
+            "/style-custom-property.png",
+            "/style-nesting.png",
+            "/style-layer.png",
+            "/style-container.png",
+            "/svg-style-cdata.png",
+            "/svg-style-plain.png",
             "/inline-url.png",
+            "/inline-url-quoted.png",
             "/inline-image-set-1x.png",
+            "/inline-webkit-image-set.png",
             "/inline-entity.png",
+            "/inline-entity-quote.png",
+            "/inline-escaped-function.png",
+            "/inline-no-space.png",
+            "/inline-upper-protocol-relative.png",
+            "/inline-td.png",
+            "/inline-custom-property.png",
+            "/inline-entity-function.png",
             "/inline-far-down.png",
         ],
     })
@@ -118,7 +172,11 @@ fn chromium_noscript_content_reaches_only_the_proxy_with_scripting_off() -> Test
         name: "noscript",
         html: include_str!("data/chromium/noscript.html"),
         scripting: Scripting::Off,
-        core_vectors: &["/noscript-img.png", "/noscript-style.png", "/outside-noscript.png"],
+        core_vectors: &[
+            "/noscript-img.png",
+            "/noscript-style.png",
+            "/outside-noscript.png",
+        ],
     })
 }
 
@@ -170,8 +228,8 @@ enum Scripting {
     Off,
 }
 
-/// A page showing `document` in a sandboxed frame, where scripting is disabled. Chromium's
-/// own switch for that (`--blink-settings=scriptEnabled=false`) also stops `--dump-dom`.
+/// A page showing `document` in a sandboxed frame, where scripting is disabled. (Chromium's
+/// own switch, `--blink-settings=scriptEnabled=false`, makes headless mode load nothing.)
 fn sandbox_page(document: &str) -> String {
     format!(
         "<!DOCTYPE html><title>sandbox</title>\
@@ -234,17 +292,18 @@ fn show_rewritten(fixture: &Fixture) -> TestResult<(Visit, Signer)> {
 /// Serves `html` from a page server, shows it in Chromium and collects the servers' logs.
 fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> TestResult<Visit> {
     let document = format!("/{}.html", fixture.name);
+    let sandboxed = format!("/{}-sandboxed.html", fixture.name);
     let shown = match fixture.scripting {
         Scripting::On => document.clone(),
-        Scripting::Off => format!("/{}-sandboxed.html", fixture.name),
+        Scripting::Off => sandboxed.clone(),
     };
-    let pages = [(document.clone(), html), (format!("/{}-sandboxed.html", fixture.name), sandbox_page(&document))];
-    let page = Server::start(move |target| {
-        match pages.iter().find(|(path, _)| path == target) {
-            Some((_, html)) => Response::ok("text/html; charset=utf-8", html.clone()),
+    let pages = [(sandbox_page(&document), sandboxed), (html, document)];
+    let page = Server::start(
+        move |target| match pages.iter().find(|(_, path)| path == target) {
+            Some((html, _)) => Response::ok("text/html; charset=utf-8", html.clone()),
             None => Response::not_found(),
-        }
-    })?;
+        },
+    )?;
     let tracker_addr = tracker.addr;
     let chromium = run_chromium(&page.url(&shown), tracker_addr)?;
     Ok(Visit {
@@ -257,7 +316,11 @@ fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> Tes
 }
 
 fn assert_reaches_tracker(fixture: &Fixture, visit: &Visit) {
-    let seen: BTreeSet<&str> = visit.tracker.iter().filter_map(|l| request_target(l)).collect();
+    let seen: BTreeSet<&str> = visit
+        .tracker
+        .iter()
+        .filter_map(|l| request_target(l))
+        .collect();
     let missing: Vec<&str> = fixture
         .core_vectors
         .iter()
@@ -347,7 +410,8 @@ struct ChromiumRun {
 
 /// The Chromium binary; fails the test, saying how to install it, when there is none.
 fn chromium_binary() -> PathBuf {
-    let path = std::env::var_os(CHROMIUM_ENV).map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from);
+    let path =
+        std::env::var_os(CHROMIUM_ENV).map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from);
     assert!(
         path.is_file(),
         "Chromium not found at {}: these tests need a real browser. Install Debian's package \
@@ -379,7 +443,10 @@ fn run_chromium(url: &str, tracker: SocketAddr) -> TestResult<ChromiumRun> {
             "--window-size=1280,4000",
             "--run-all-compositor-stages-before-draw",
         ])
-        .arg(format!("--user-data-dir={}", work.path().join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            work.path().join("profile").display()
+        ))
         .arg(format!(
             "--host-resolver-rules=MAP {TRACKER_DOMAIN} {tracker}, MAP *.{TRACKER_DOMAIN} {tracker}"
         ));
@@ -410,7 +477,10 @@ fn run_chromium(url: &str, tracker: SocketAddr) -> TestResult<ChromiumRun> {
 }
 
 /// Waits for `child`; after `timeout`, kills its process group and returns None.
-fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
@@ -419,6 +489,7 @@ fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) -> io::Resul
         thread::sleep(Duration::from_millis(50));
     }
     // The group is the one `process_group(0)` made for this child: its id is the child's.
+    // Best effort (`kill` may be missing); output goes to files, so stragglers block nothing.
     let group = format!("-{}", child.id());
     let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
     child.kill().ok();
@@ -527,7 +598,10 @@ impl Server {
     /// returns the log. Called once the browser has exited, so the log is complete.
     fn finish(self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
-        let handlers = self.acceptor.join().unwrap_or_else(|panic| resume_unwind(panic));
+        let handlers = self
+            .acceptor
+            .join()
+            .unwrap_or_else(|panic| resume_unwind(panic));
         for handler in handlers {
             handler.join().unwrap_or_else(|panic| resume_unwind(panic));
         }
@@ -547,7 +621,9 @@ fn accept_until_stopped(
         match listener.accept() {
             Ok((stream, _)) => {
                 let (log, answer) = (Arc::clone(log), Arc::clone(answer));
-                handlers.push(thread::spawn(move || serve_connection(stream, &log, &*answer)));
+                handlers.push(thread::spawn(move || {
+                    serve_connection(stream, &log, &*answer)
+                }));
             }
             // Stop only on an empty queue: every connection the browser made is logged.
             Err(e) if e.kind() == ErrorKind::WouldBlock && stop.load(Ordering::SeqCst) => {

@@ -8,3 +8,4 @@ mod cli;
 mod filter;
 mod props;
 mod vectors;
+mod chromium;
