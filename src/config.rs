@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,8 @@ pub struct RawConfig {
     pub trackers: RawTrackers,
     /// `[filter]`: behaviour of `mailveil filter`.
     pub filter: RawFilter,
+    /// `[images]`: content checks on fetched bodies.
+    pub images: RawImages,
 }
 
 /// `[server]` as written.
@@ -74,6 +77,16 @@ pub struct RawServer {
     pub listen: String,
     /// Base of every rewritten URL, as readers' clients reach the proxy.
     pub public_url: String,
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Seconds a client gets to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -81,6 +94,11 @@ impl Default for RawServer {
         Self {
             listen: "127.0.0.1:8700".into(),
             public_url: "http://127.0.0.1:8700".into(),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            shutdown_timeout_secs: 10,
         }
     }
 }
@@ -110,12 +128,21 @@ impl Default for RawKeys {
 pub struct RawCache {
     /// Directory of the on-disk cache.
     pub dir: PathBuf,
+    /// Disk budget for cached bodies, in bytes.
+    pub max_bytes: u64,
+    /// Memory budget of the in-process tier, in bytes.
+    pub memory_bytes: u64,
+    /// Entries are kept at least this long unless the disk budget forces eviction.
+    pub max_age_days: u64,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         Self {
             dir: default_cache_dir(),
+            max_bytes: 1 << 30,
+            memory_bytes: 64 << 20,
+            max_age_days: 180,
         }
     }
 }
@@ -137,11 +164,62 @@ impl Default for RawPrefetch {
 }
 
 /// `[fetch]` as written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawFetch {
     /// CIDR ranges exempt from the private-address block (empty by default).
     pub allow_networks: Vec<String>,
+    /// The one User-Agent sent upstream.
+    pub user_agent: String,
+    /// Seconds to establish a connection.
+    pub connect_timeout_secs: u64,
+    /// Seconds for a whole fetch, redirects and body included.
+    pub timeout_secs: u64,
+    /// Largest body accepted, in bytes.
+    pub max_bytes: u64,
+    /// Redirects followed at most.
+    pub max_redirects: u32,
+}
+
+impl Default for RawFetch {
+    fn default() -> Self {
+        Self {
+            allow_networks: Vec::new(),
+            user_agent: concat!("mailveil/", env!("CARGO_PKG_VERSION"), " (image proxy)").into(),
+            connect_timeout_secs: 5,
+            timeout_secs: 20,
+            max_bytes: 10 << 20,
+            max_redirects: 5,
+        }
+    }
+}
+
+/// `[images]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawImages {
+    /// Re-encode static images, dropping metadata and decoder exploits.
+    pub reencode: bool,
+    /// Serve SVG images (off: SVG is a document that can load and script).
+    pub allow_svg: bool,
+    /// Widest image decoded, in pixels.
+    pub max_width: u32,
+    /// Tallest image decoded, in pixels.
+    pub max_height: u32,
+    /// Memory the decoder may allocate for one image, in bytes.
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for RawImages {
+    fn default() -> Self {
+        Self {
+            reencode: true,
+            allow_svg: false,
+            max_width: 8192,
+            max_height: 8192,
+            max_alloc_bytes: 128 << 20,
+        }
+    }
 }
 
 /// `[trackers]` as written.
@@ -252,6 +330,27 @@ pub struct Config {
     pub trackers: TrackerConfig,
     /// Filter behaviour.
     pub filter: FilterConfig,
+    /// Listener limits (TLS files are loaded at start-up by `serve`).
+    pub server: ServerSettings,
+    /// The cache's own configuration.
+    pub cache: crate::cache::CacheConfig,
+    /// The fetcher's own configuration (its address policy holds `allow_networks`).
+    pub fetch: crate::fetch::FetchConfig,
+    /// Content checks.
+    pub images: crate::image::ImagePolicy,
+}
+
+/// Listener settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Certificate and key files, when TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to receive request headers.
+    pub header_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace: Duration,
 }
 
 impl RawConfig {
@@ -293,16 +392,22 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first offending key and its value.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let allow_networks = parse_networks(&raw.fetch.allow_networks)?;
+        let cache_dir = non_empty_path("cache.dir", &raw.cache.dir)?;
         Ok(Self {
+            server: parse_server(&raw.server)?,
+            cache: parse_cache(&raw.cache, cache_dir.clone())?,
+            fetch: parse_fetch(&raw.fetch, allow_networks.clone())?,
+            images: parse_images(&raw.images)?,
             listen: parse_listen(&raw.server.listen)?,
             public_url: parse_public_url(&raw.server.public_url)?,
             keys: KeyConfig {
                 key_file: non_empty_path("keys.key_file", &raw.keys.key_file)?,
                 previous_key_files: raw.keys.previous_key_files.clone(),
             },
-            cache_dir: non_empty_path("cache.dir", &raw.cache.dir)?,
+            cache_dir,
             spool_dir: non_empty_path("prefetch.spool_dir", &raw.prefetch.spool_dir)?,
-            allow_networks: parse_networks(&raw.fetch.allow_networks)?,
+            allow_networks,
             trackers: TrackerConfig {
                 mode: parse_tracker_mode(&raw.trackers.mode)?,
                 builtin: raw.trackers.builtin,
@@ -361,6 +466,70 @@ fn parse_networks(values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
             })
         })
         .collect()
+}
+
+fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "0", "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(positive(key, value)?))
+}
+
+fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (Some(cert), None) => {
+            return Err(invalid("server.tls_key", "", format!("required with server.tls_cert = {:?}", cert.display().to_string())))
+        }
+        (None, Some(key)) => {
+            return Err(invalid("server.tls_cert", "", format!("required with server.tls_key = {:?}", key.display().to_string())))
+        }
+    };
+    Ok(ServerSettings {
+        tls,
+        max_connections: positive("server.max_connections", raw.max_connections as u64)? as usize,
+        header_timeout: seconds("server.header_timeout_secs", raw.header_timeout_secs)?,
+        shutdown_grace: seconds("server.shutdown_timeout_secs", raw.shutdown_timeout_secs)?,
+    })
+}
+
+fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::cache::CacheConfig, ConfigError> {
+    Ok(crate::cache::CacheConfig {
+        dir,
+        max_disk_bytes: positive("cache.max_bytes", raw.max_bytes)?,
+        memory_bytes: raw.memory_bytes,
+        max_age: Duration::from_secs(positive("cache.max_age_days", raw.max_age_days)? * 86_400),
+    })
+}
+
+fn parse_fetch(raw: &RawFetch, allow: Vec<IpNet>) -> Result<crate::fetch::FetchConfig, ConfigError> {
+    let ua = raw.user_agent.trim();
+    if ua.is_empty() || !ua.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(invalid("fetch.user_agent", raw.user_agent.as_str(), "must be non-empty printable ASCII"));
+    }
+    Ok(crate::fetch::FetchConfig {
+        user_agent: ua.to_owned(),
+        connect_timeout: seconds("fetch.connect_timeout_secs", raw.connect_timeout_secs)?,
+        total_timeout: seconds("fetch.timeout_secs", raw.timeout_secs)?,
+        max_bytes: positive("fetch.max_bytes", raw.max_bytes)?,
+        max_redirects: raw.max_redirects,
+        policy: crate::fetch::IpPolicy::new(allow),
+    })
+}
+
+fn parse_images(raw: &RawImages) -> Result<crate::image::ImagePolicy, ConfigError> {
+    Ok(crate::image::ImagePolicy {
+        max_width: positive("images.max_width", u64::from(raw.max_width))? as u32,
+        max_height: positive("images.max_height", u64::from(raw.max_height))? as u32,
+        max_alloc: positive("images.max_alloc_bytes", raw.max_alloc_bytes)?,
+        reencode: raw.reencode,
+        allow_svg: raw.allow_svg,
+    })
 }
 
 fn parse_tracker_mode(value: &str) -> Result<TrackerMode, ConfigError> {

@@ -7,11 +7,16 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use mailveil::cache::Cache;
 use mailveil::config::{Config, OnError, RawConfig};
+use mailveil::fetch::Fetcher;
+use mailveil::metrics::Metrics;
+use mailveil::server::{self, AppState, ServerConfig};
 use mailveil::html::Engine;
 use mailveil::sign::{Key, Signer};
 use mailveil::trackers::TrackerRules;
@@ -45,6 +50,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: the image endpoint that answers signed URLs from the cache.
+    ///
+    /// With no config it listens on 127.0.0.1:8700. Stops gracefully on SIGTERM or SIGINT;
+    /// tells systemd it is ready when run with Type=notify.
+    Serve,
     /// Rewrite one RFC 5322 message from stdin to stdout (for procmail, maildrop, Sieve, fetchmail).
     ///
     /// Never loses a message: if anything goes wrong the original bytes are written
@@ -71,6 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match &cli.command {
+        Command::Serve => run_serve(cli.config.as_deref()),
         Command::Filter => return run_filter(cli.config.as_deref()),
         Command::Rewrite { file } => run_rewrite(cli.config.as_deref(), file.as_deref()),
         Command::Sign { url } => run_sign(cli.config.as_deref(), url),
@@ -116,6 +127,11 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 
 /// Builds the rewrite engine: keys (creating the signing key on first use) and trackers.
 fn build_engine(config: &Config) -> Result<Engine> {
+    let signer = load_signer(config)?;
+    Ok(Engine::new(signer, load_trackers(config)?, config.trackers.mode))
+}
+
+fn load_signer(config: &Config) -> Result<Signer> {
     let key = Key::load_or_create(&config.keys.key_file)?;
     let previous = config
         .keys
@@ -124,8 +140,85 @@ fn build_engine(config: &Config) -> Result<Engine> {
         .map(|p| Key::load(p))
         .collect::<Result<Vec<_>, _>>()
         .context("keys.previous_key_files")?;
-    let signer = Signer::new(&config.public_url, key, previous);
-    Ok(Engine::new(signer, load_trackers(config)?, config.trackers.mode))
+    Ok(Signer::new(&config.public_url, key, previous))
+}
+
+fn run_serve(config: Option<&Path>) -> Result<()> {
+    let config = load_config(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let state = Arc::new(AppState {
+        signer: load_signer(&config)?,
+        cache: Cache::open(config.cache.clone()).context("cache.dir")?,
+        fetcher: Fetcher::new(config.fetch.clone()),
+        images: config.images.clone(),
+        metrics: Arc::new(Metrics::new()),
+    });
+    let tls = match &config.server.tls {
+        Some((cert, key)) => Some(server::load_tls(cert, key)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("server.listen = {:?}: cannot listen", config.listen.to_string()))?;
+    spawn_eviction(state.cache.clone());
+    tracing::info!(
+        listen = %config.listen,
+        public_url = %config.public_url,
+        tls = tls.is_some(),
+        "mailveil serving"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let server_config = ServerConfig {
+        max_connections: config.server.max_connections,
+        header_timeout: config.server.header_timeout,
+        shutdown_grace: config.server.shutdown_grace,
+        tls,
+    };
+    server::run(listener, state, server_config, shutdown_signal()).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Evicts expired and over-budget cache entries hourly.
+fn spawn_eviction(cache: Cache) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match cache.evict().await {
+                Ok(stats) => tracing::debug!(?stats, "cache eviction"),
+                Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
+            }
+        }
+    });
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C still ends the process the default way.
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutdown requested");
 }
 
 fn load_trackers(config: &Config) -> Result<TrackerRules> {

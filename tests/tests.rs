@@ -8,4 +8,8 @@ mod cli;
 mod filter;
 mod props;
 mod vectors;
+mod hostile;
+mod server;
+mod ssrf;
+mod upstream;
 mod chromium;

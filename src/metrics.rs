@@ -1,0 +1,222 @@
+//! Prometheus metrics of the daemon, in the text exposition format served at `/metrics`.
+//!
+//! One [`Metrics`] value is shared by the server, the cache path and the fetcher glue; its
+//! counters are lock-free. Encoding is left to `prometheus-client`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// How a request to the image endpoint ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the memory tier.
+    HitMemory,
+    /// Served from the disk tier.
+    HitDisk,
+    /// Fetched upstream for this request.
+    Fetched,
+    /// Waited for another request's upstream fetch.
+    Coalesced,
+    /// `If-None-Match` matched: 304.
+    NotModified,
+    /// Signature missing or wrong: 403 without touching the network.
+    BadSignature,
+    /// Destination refused by the address policy.
+    Forbidden,
+    /// Content refused by the type and image checks.
+    Refused,
+    /// Upstream failed (status, connection, too large, redirects).
+    UpstreamError,
+    /// Upstream too slow.
+    Timeout,
+    /// Anything else (internal).
+    Internal,
+}
+
+/// Result of one upstream fetch.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum FetchResult {
+    /// Body fetched and accepted.
+    Ok,
+    /// Refused before connecting (address policy, scheme, userinfo).
+    Forbidden,
+    /// Fetched but refused by the content checks.
+    Refused,
+    /// Timed out.
+    Timeout,
+    /// Any other upstream failure.
+    Error,
+}
+
+impl Outcome {
+    /// The label value, snake_case as Prometheus convention has it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::HitMemory => "hit_memory",
+            Outcome::HitDisk => "hit_disk",
+            Outcome::Fetched => "fetched",
+            Outcome::Coalesced => "coalesced",
+            Outcome::NotModified => "not_modified",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Internal => "internal",
+        }
+    }
+}
+
+impl FetchResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchResult::Ok => "ok",
+            FetchResult::Forbidden => "forbidden",
+            FetchResult::Refused => "refused",
+            FetchResult::Timeout => "timeout",
+            FetchResult::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl EncodeLabelValue for FetchResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: FetchResult,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: &'static str,
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OutcomeLabels, Counter>,
+    cache_hits: Family<TierLabels, Counter>,
+    cache_misses: Counter,
+    fetches: Family<ResultLabels, Counter>,
+    bytes_served: Counter,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mailveil");
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register("requests", "Image requests by outcome", requests.clone());
+        let cache_hits = Family::<TierLabels, Counter>::default();
+        registry.register("cache_hits", "Cache hits by tier", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("cache_misses", "Cache misses", cache_misses.clone());
+        let fetches = Family::<ResultLabels, Counter>::default();
+        registry.register("upstream_fetches", "Upstream fetches by result", fetches.clone());
+        let bytes_served = Counter::default();
+        registry.register("response_bytes", "Body bytes served", bytes_served.clone());
+        // 100 µs to ~26 s.
+        let latency = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer image requests",
+            latency.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            cache_hits,
+            cache_misses,
+            fetches,
+            bytes_served,
+            latency,
+        }
+    }
+
+    /// Counts a finished image request and its duration.
+    pub fn request(&self, outcome: Outcome, seconds: f64) {
+        self.requests.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.latency.observe(seconds);
+    }
+
+    /// Counts a cache hit in `tier` (`memory` or `disk`).
+    pub fn cache_hit(&self, tier: &'static str) {
+        self.cache_hits.get_or_create(&TierLabels { tier }).inc();
+    }
+
+    /// Counts a cache miss.
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// Counts an upstream fetch.
+    pub fn fetch(&self, result: FetchResult) {
+        self.fetches.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Adds served body bytes.
+    pub fn bytes(&self, n: usize) {
+        self.bytes_served.inc_by(n as u64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric() {
+        let m = Metrics::new();
+        m.request(Outcome::HitMemory, 0.001);
+        m.cache_hit("memory");
+        m.cache_miss();
+        m.fetch(FetchResult::Ok);
+        m.bytes(10);
+        let text = m.encode();
+        for name in [
+            "mailveil_requests_total{outcome=\"hit_memory\"} 1",
+            "mailveil_cache_hits_total{tier=\"memory\"} 1",
+            "mailveil_cache_misses_total 1",
+            "mailveil_upstream_fetches_total{result=\"ok\"} 1",
+            "mailveil_response_bytes_total 10",
+            "mailveil_request_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}

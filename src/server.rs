@@ -1,0 +1,428 @@
+//! The HTTP server of `mailveil serve`: accepts connections (plain or TLS, HTTP/1.1 and
+//! HTTP/2), routes requests, and answers signed image URLs from the cache, fetching
+//! upstream only on a miss.
+//!
+//! Routes: `GET`/`HEAD /i/…` (signed proxy URL), `/healthz`, `/metrics`; everything else
+//! is 404. A request is only ever fetched upstream after its signature verified
+//! ([`Signer::verify`]). Errors become status codes in one place ([`ProxyError::status`]);
+//! clients get a terse body, logs get the detail (host and URL hash, never the URL).
+//! Shutdown: stop accepting, let in-flight connections finish under a deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use url::Url;
+
+use crate::cache::{Cache, NewEntry, Source};
+use crate::fetch::{FetchError, Fetcher};
+use crate::image::{ImageError, ImagePolicy};
+use crate::metrics::{FetchResult, Metrics, Outcome};
+use crate::sign::Signer;
+
+/// Body type of every response.
+pub type Body = Full<Bytes>;
+
+/// Limits and options of the listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client gets to send its request headers (slowloris bound).
+    pub header_timeout: Duration,
+    /// Time in-flight connections get to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// TLS, when `server.tls_cert` and `server.tls_key` are set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What request handlers share.
+pub struct AppState {
+    /// Verifies proxy URLs.
+    pub signer: Signer,
+    /// The two-tier cache.
+    pub cache: Cache,
+    /// The outbound client (the only code opening outbound sockets).
+    pub fetcher: Fetcher,
+    /// Content checks for fetched bodies.
+    pub images: ImagePolicy,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why an image request failed. Mapped to a status code in [`ProxyError::status`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// Upstream fetch failed or was refused.
+    #[error("fetch: {0}")]
+    Fetch(#[from] FetchError),
+    /// The body failed the content checks.
+    #[error("content: {0}")]
+    Content(#[from] ImageError),
+    /// The blocking sanitiser task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The one place where failures become HTTP statuses.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Fetch(e) => match e {
+                FetchError::UnsupportedScheme
+                | FetchError::Userinfo
+                | FetchError::NoHost
+                | FetchError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                FetchError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            ProxyError::Content(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self.status() {
+            StatusCode::FORBIDDEN => Outcome::Forbidden,
+            StatusCode::GATEWAY_TIMEOUT => Outcome::Timeout,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Outcome::Refused,
+            StatusCode::BAD_GATEWAY => Outcome::UpstreamError,
+            _ => Outcome::Internal,
+        }
+    }
+
+    fn fetch_result(&self) -> FetchResult {
+        match self.outcome() {
+            Outcome::Forbidden => FetchResult::Forbidden,
+            Outcome::Timeout => FetchResult::Timeout,
+            Outcome::Refused => FetchResult::Refused,
+            _ => FetchResult::Error,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then drains connections for at most
+/// `config.shutdown_grace`.
+///
+/// # Errors
+/// Only if accepting fails in a way that is not per-connection (the listener is gone).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let builder = connection_builder(&config);
+    let tls = config.tls.clone().map(TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for capacity before accepting, so excess clients queue in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = config.header_timeout;
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed with connections still open");
+    }
+    Ok(())
+}
+
+fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(16 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(16 * 1024);
+    builder
+}
+
+/// Routes one request. Never fails: every error is a response.
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let response = match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/i/") => image(&state, &req).await,
+        (_, p) if p.starts_with("/i/") || p == "/healthz" || p == "/metrics" => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(strip_body_for_head(req.method(), response))
+}
+
+/// HEAD gets the GET headers (Content-Length included) and no body.
+fn strip_body_for_head(method: &Method, mut response: Response<Body>) -> Response<Body> {
+    if method == Method::HEAD {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    response
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// A signed image request: verify, then cache or fetch.
+async fn image(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (response, outcome) = match state.signer.verify(req.uri().path()) {
+        Err(e) => {
+            tracing::debug!(error = %e, "refused proxy request");
+            (plain(StatusCode::FORBIDDEN, "forbidden\n"), Outcome::BadSignature)
+        }
+        Ok(signed) => serve_target(state, signed.target(), req).await,
+    };
+    state
+        .metrics
+        .request(outcome, started.elapsed().as_secs_f64());
+    response
+}
+
+async fn serve_target(
+    state: &Arc<AppState>,
+    target: &Url,
+    req: &Request<Incoming>,
+) -> (Response<Body>, Outcome) {
+    let host = target.host_str().unwrap_or("").to_owned();
+    let url_hash = short_hash(target.as_str());
+    let fetch_state = state.clone();
+    let fetch_target = target.clone();
+    let result = state
+        .cache
+        .get_or_fetch(target.as_str(), move || fetch_and_check(fetch_state, fetch_target))
+        .await;
+    match result {
+        Ok((entry, source)) => {
+            let outcome = match source {
+                Source::Memory => Outcome::HitMemory,
+                Source::Disk => Outcome::HitDisk,
+                Source::Fetched => Outcome::Fetched,
+                Source::Coalesced => Outcome::Coalesced,
+            };
+            record_source(&state.metrics, source);
+            tracing::debug!(%host, url = %url_hash, ?outcome, "served");
+            cached_response(state, &entry, req, outcome)
+        }
+        Err(e) => {
+            tracing::debug!(%host, url = %url_hash, error = %e, "proxy request failed");
+            let status = e.status();
+            let reason = status.canonical_reason().unwrap_or("error");
+            (plain(status, &format!("{}\n", reason.to_ascii_lowercase())), e.outcome())
+        }
+    }
+}
+
+fn record_source(metrics: &Metrics, source: Source) {
+    match source {
+        Source::Memory => metrics.cache_hit("memory"),
+        Source::Disk => metrics.cache_hit("disk"),
+        Source::Fetched | Source::Coalesced => metrics.cache_miss(),
+    }
+}
+
+/// Fetches and checks a body, for the cache to store. Runs once per coalesced group.
+async fn fetch_and_check(state: Arc<AppState>, target: Url) -> Result<NewEntry, ProxyError> {
+    let result = fetch_and_sanitize(&state, &target).await;
+    state.metrics.fetch(match &result {
+        Ok(_) => FetchResult::Ok,
+        Err(e) => e.fetch_result(),
+    });
+    result
+}
+
+async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, ProxyError> {
+    let fetched = state.fetcher.fetch(target).await?;
+    let policy = state.images.clone();
+    let sanitized = tokio::task::spawn_blocking(move || crate::image::sanitize(&fetched.body, &policy))
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    Ok(NewEntry {
+        content_type: sanitized.kind.content_type().to_owned(),
+        is_pixel: sanitized.is_pixel,
+        body: Bytes::from(sanitized.body),
+    })
+}
+
+/// Builds the response for a cached entry: our headers only, none from upstream.
+fn cached_response(
+    state: &AppState,
+    entry: &crate::cache::Entry,
+    req: &Request<Incoming>,
+    outcome: Outcome,
+) -> (Response<Body>, Outcome) {
+    let etag = format!("\"{}\"", entry.hash.to_hex());
+    let not_modified = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let (status, body, outcome) = if not_modified {
+        (StatusCode::NOT_MODIFIED, Bytes::new(), Outcome::NotModified)
+    } else {
+        (StatusCode::OK, entry.body.clone(), outcome)
+    };
+    if req.method() == Method::GET {
+        state.metrics.bytes(body.len());
+    }
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&entry.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if status == StatusCode::OK {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    add_security_headers(h);
+    (r, outcome)
+}
+
+/// Headers on every response: nothing served here may be sniffed into a document, run
+/// script, or leak the reader's page through a referer.
+fn add_security_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(text.as_bytes())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    add_security_headers(h);
+    r
+}
+
+/// A short, stable identifier for a URL in logs: enough to correlate, useless to a reader
+/// of the logs who wants the recipient's tracking token.
+pub fn short_hash(url: &str) -> String {
+    let hash = blake3::hash(url.as_bytes());
+    hash.to_hex()[..12].to_owned()
+}
+
+/// Loads a PEM certificate chain and private key into a rustls server config (ring
+/// provider, ALPN h2 and http/1.1).
+///
+/// # Errors
+/// Unreadable files, no certificate, no key, or a key that does not match.
+pub fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("server.tls_cert {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("server.tls_cert {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "server.tls_cert {}: no certificate found", cert.display());
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("server.tls_key {}", key.display()))?,
+    ))
+    .with_context(|| format!("server.tls_key {}", key.display()))?
+    .with_context(|| format!("server.tls_key {}: no private key found", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("server.tls_cert / server.tls_key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

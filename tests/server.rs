@@ -1,0 +1,321 @@
+//! `serve` against a real loopback upstream: hits and misses, signatures, redirects, the
+//! exact headers sent upstream, the cache across restarts, corruption, coalescing, HTTP
+//! semantics, and hostile upstreams.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mailveil::cache::{Cache, CacheConfig};
+use mailveil::fetch::{FetchConfig, Fetcher, IpPolicy};
+use mailveil::image::ImagePolicy;
+use mailveil::metrics::Metrics;
+use mailveil::server::{self, AppState, ServerConfig};
+use tokio::sync::oneshot;
+
+use crate::upstream::{Route, Upstream};
+use crate::util::{signer, PUBLIC_URL};
+
+pub const USER_AGENT: &str = "mailveil-test/1";
+
+/// A running proxy on an ephemeral loopback port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn fetch_config(allow: &[&str]) -> FetchConfig {
+    FetchConfig {
+        user_agent: USER_AGENT.into(),
+        connect_timeout: Duration::from_secs(2),
+        total_timeout: Duration::from_secs(2),
+        max_bytes: 2 << 20,
+        max_redirects: 5,
+        policy: IpPolicy::new(allow.iter().map(|n| n.parse().expect("cidr")).collect()),
+    }
+}
+
+impl Proxy {
+    pub async fn start(cache_dir: &Path, fetch: FetchConfig) -> Self {
+        Self::start_with_fetcher(cache_dir, Fetcher::new(fetch)).await
+    }
+
+    pub async fn start_with_fetcher(cache_dir: &Path, fetcher: Fetcher) -> Self {
+        let cache = Cache::open(CacheConfig {
+            dir: cache_dir.to_owned(),
+            max_disk_bytes: 1 << 30,
+            memory_bytes: 16 << 20,
+            max_age: Duration::from_secs(86_400 * 30),
+        })
+        .expect("cache");
+        let state = Arc::new(AppState {
+            signer: signer(),
+            cache,
+            fetcher,
+            images: ImagePolicy { max_alloc: 32 << 20, ..ImagePolicy::default() },
+            metrics: Arc::new(Metrics::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            tls: None,
+        };
+        let task = tokio::spawn(server::run(listener, state.clone(), config, async {
+            let _ = stopped.await;
+        }));
+        Proxy { addr, state, stop: Some(stop), task }
+    }
+
+    /// The proxy path (`/i/...`) for `target`.
+    pub fn path_for(&self, target: &str) -> String {
+        let signed = signer().sign(&url::Url::parse(target).expect("url"));
+        signed.strip_prefix(PUBLIC_URL).expect("prefix").to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req.body(Empty::new()).expect("req")))
+        .await
+        .expect("proxy answers in time")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Got { status, headers, body }
+}
+
+pub async fn get(url: &str) -> Got {
+    request("GET", url, &[]).await
+}
+
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([(x * 7) as u8, (y * 3) as u8, 90, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    out.into_inner()
+}
+
+pub async fn setup_proxy() -> (tempfile::TempDir, Upstream, Proxy) {
+    setup().await
+}
+
+async fn setup() -> (tempfile::TempDir, Upstream, Proxy) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start("127.0.0.1:0").await;
+    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    (dir, up, proxy)
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_our_headers_only() {
+    let (_dir, up, proxy) = setup().await;
+    up.body("/a.png", "image/png", png(20, 10));
+    let path = proxy.path_for(&up.url("/a.png"));
+    let first = get(&proxy.url(&path)).await;
+    assert_eq!(first.status, 200);
+    let second = get(&proxy.url(&path)).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(first.body, second.body);
+    assert_eq!(up.hits("/a.png"), 1, "second request served from cache");
+    let h = &second.headers;
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["content-length"], second.body.len().to_string().as_str());
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h["content-security-policy"].to_str().expect("csp").contains("default-src 'none'"));
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h["cache-control"].to_str().expect("cc").contains("max-age="));
+    assert!(h.get("set-cookie").is_none(), "no upstream header passes through");
+    let decoded = image::load_from_memory(&second.body).expect("a valid image");
+    assert_eq!((decoded.width(), decoded.height()), (20, 10));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bad_or_missing_signature_is_403_without_touching_the_network() {
+    let (_dir, up, proxy) = setup().await;
+    up.body("/a.png", "image/png", png(2, 2));
+    let good = proxy.path_for(&up.url("/a.png"));
+    let other = proxy.path_for(&up.url("/b.png"));
+    let forged = format!("{}/{}", good.rsplit_once('/').expect("tag").0, other.rsplit_once('/').expect("t").1);
+    for path in ["/i/", "/i/abc", "/i/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovL3guZXhhbXBsZS8", forged.as_str()] {
+        assert_eq!(get(&proxy.url(path)).await.status, 403, "{path}");
+    }
+    assert!(up.log().is_empty(), "upstream contacted: {:?}", up.log());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn routes_health_metrics_and_404() {
+    let (_dir, _up, proxy) = setup().await;
+    assert_eq!(get(&proxy.url("/healthz")).await.status, 200);
+    assert_eq!(get(&proxy.url("/nothing")).await.status, 404);
+    assert_eq!(request("POST", &proxy.url("/i/x/y"), &[]).await.status, 405);
+    let _ = get(&proxy.url("/i/bad/sig")).await;
+    let metrics = get(&proxy.url("/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("mailveil_requests_total{outcome=\"bad_signature\"} 1"), "{text}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn exactly_the_allowed_headers_go_upstream() {
+    let (_dir, up, proxy) = setup().await;
+    up.body("/h.png", "image/png", png(3, 3));
+    let path = proxy.path_for(&up.url("/h.png"));
+    let got = request(
+        "GET",
+        &proxy.url(&path),
+        &[
+            ("cookie", "session=reader"),
+            ("referer", "https://webmail.example/inbox"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("user-agent", "ReaderMail/1.0"),
+            ("accept-language", "fr"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let log = up.log();
+    assert_eq!(log.len(), 1);
+    let mut names: Vec<&str> = log[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["accept", "host", "user-agent"], "{:?}", log[0].headers);
+    let ua = log[0].headers.iter().find(|(k, _)| k == "user-agent").expect("ua");
+    assert_eq!(ua.1, USER_AGENT);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_chains_are_followed_within_the_limit() {
+    let (_dir, up, proxy) = setup().await;
+    up.body("/final.png", "image/png", png(4, 4));
+    up.route("/r1", Route::Redirect(up.url("/r2")));
+    up.route("/r2", Route::Redirect("/final.png".into()));
+    let ok = get(&proxy.url(&proxy.path_for(&up.url("/r1")))).await;
+    assert_eq!(ok.status, 200);
+    up.route("/loop/", Route::RedirectLoop("/loop/"));
+    let started = Instant::now();
+    let looped = get(&proxy.url(&proxy.path_for(&up.url("/loop/0")))).await;
+    assert!(looped.status >= 400, "redirect loop must fail, got {}", looped.status);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(up.hits_prefix("/loop/") <= 6, "at most max_redirects + 1 requests");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn if_none_match_gives_304_and_head_has_no_body() {
+    let (_dir, up, proxy) = setup().await;
+    up.body("/e.png", "image/png", png(5, 5));
+    let url = proxy.url(&proxy.path_for(&up.url("/e.png")));
+    let first = get(&url).await;
+    let etag = first.headers["etag"].to_str().expect("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66, "strong etag: {etag}");
+    let cond = request("GET", &url, &[("if-none-match", &etag)]).await;
+    assert_eq!(cond.status, 304);
+    assert!(cond.body.is_empty());
+    let head = request("HEAD", &url, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], first.body.len().to_string().as_str());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn cache_survives_a_restart() {
+    let (dir, up, proxy) = setup().await;
+    up.body("/keep.png", "image/png", png(6, 6));
+    let path = proxy.path_for(&up.url("/keep.png"));
+    let before = get(&proxy.url(&path)).await;
+    proxy.stop().await;
+    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    let after = get(&proxy.url(&path)).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.body, before.body);
+    assert_eq!(up.hits("/keep.png"), 1, "served from disk after restart");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_file_is_never_served() {
+    let (dir, up, proxy) = setup().await;
+    up.body("/c.png", "image/png", png(7, 7));
+    let path = proxy.path_for(&up.url("/c.png"));
+    let good = get(&proxy.url(&path)).await;
+    proxy.stop().await;
+    let mut corrupted = 0;
+    for entry in walk(&dir.path().join("objects")) {
+        let mut bytes = std::fs::read(&entry).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&entry, bytes).expect("write");
+        corrupted += 1;
+    }
+    assert_eq!(corrupted, 1);
+    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    let again = get(&proxy.url(&path)).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, good.body, "refetched, not the corrupt bytes");
+    assert_eq!(up.hits("/c.png"), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn hundred_concurrent_requests_make_one_upstream_fetch() {
+    let (_dir, up, proxy) = setup().await;
+    up.route("/slow.png", Route::Body { content_type: "image/png", body: png(8, 8).into(), delay: Duration::from_millis(300) });
+    let url = proxy.url(&proxy.path_for(&up.url("/slow.png")));
+    let tasks: Vec<_> = (0..100).map(|_| { let url = url.clone(); tokio::spawn(async move { get(&url).await.status }) }).collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), 200);
+    }
+    assert_eq!(up.hits("/slow.png"), 1);
+    proxy.stop().await;
+}
+
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp")) {
+            out.push(p);
+        }
+    }
+    out
+}
