@@ -153,13 +153,13 @@ fn run_serve(config: Option<&Path>) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let state = Arc::new(AppState {
-        signer: load_signer(&config)?,
-        cache: Cache::open(config.cache.clone()).context("cache.dir")?,
-        fetcher: Fetcher::new(config.fetch.clone()),
-        images: config.images.clone(),
-        metrics: Arc::new(Metrics::new()),
-    });
+    let state = Arc::new(AppState::new(
+        load_signer(&config)?,
+        Cache::open(config.cache.clone()).context("cache.dir")?,
+        Fetcher::new(config.fetch.clone()),
+        config.images.clone(),
+        Arc::new(Metrics::new()),
+    ));
     let tls = match &config.server.tls {
         Some((cert, key)) => Some(server::load_tls(cert, key)?),
         None => None,

@@ -61,6 +61,30 @@ pub struct AppState {
     pub images: ImagePolicy,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
+    /// Bounds image decoding running at once: each can take a second of CPU and about
+    /// twice `images.max_alloc` of memory, and blocking tasks cannot be cancelled.
+    decode_slots: Semaphore,
+}
+
+impl AppState {
+    /// Shared state for the handlers; decoding is bounded to the machine's parallelism.
+    pub fn new(
+        signer: Signer,
+        cache: Cache,
+        fetcher: Fetcher,
+        images: ImagePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self {
+            signer,
+            cache,
+            fetcher,
+            images,
+            metrics,
+            decode_slots: Semaphore::new(cpus),
+        }
+    }
 }
 
 /// Why an image request failed. Mapped to a status code in [`ProxyError::status`].
@@ -309,6 +333,11 @@ async fn fetch_and_check(state: Arc<AppState>, target: Url) -> Result<NewEntry, 
 
 async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, ProxyError> {
     let fetched = state.fetcher.fetch(target).await?;
+    let _slot = state
+        .decode_slots
+        .acquire()
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
     let policy = state.images.clone();
     let sanitized = tokio::task::spawn_blocking(move || crate::image::sanitize(&fetched.body, &policy))
         .await

@@ -26,7 +26,6 @@ pub const USER_AGENT: &str = "mailveil-test/1";
 /// A running proxy on an ephemeral loopback port.
 pub struct Proxy {
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -55,13 +54,13 @@ impl Proxy {
             max_age: Duration::from_secs(86_400 * 30),
         })
         .expect("cache");
-        let state = Arc::new(AppState {
-            signer: signer(),
+        let state = Arc::new(AppState::new(
+            signer(),
             cache,
             fetcher,
-            images: ImagePolicy { max_alloc: 32 << 20, ..ImagePolicy::default() },
-            metrics: Arc::new(Metrics::new()),
-        });
+            ImagePolicy { max_alloc: 32 << 20, ..ImagePolicy::default() },
+            Arc::new(Metrics::new()),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -71,10 +70,10 @@ impl Proxy {
             shutdown_grace: Duration::from_secs(5),
             tls: None,
         };
-        let task = tokio::spawn(server::run(listener, state.clone(), config, async {
+        let task = tokio::spawn(server::run(listener, state, config, async {
             let _ = stopped.await;
         }));
-        Proxy { addr, state, stop: Some(stop), task }
+        Proxy { addr, stop: Some(stop), task }
     }
 
     /// The proxy path (`/i/...`) for `target`.

@@ -13,3 +13,4 @@ mod server;
 mod ssrf;
 mod upstream;
 mod chromium;
+mod daemon;

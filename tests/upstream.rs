@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 pub struct Logged {
     pub path: String,
     pub headers: Vec<(String, String)>,
+    #[allow(dead_code)] // read by the prefetch timing checks
     pub at: std::time::SystemTime,
 }
 

@@ -1,0 +1,183 @@
+//! `mailveil serve` as a process and as a TLS/HTTP/2 endpoint: zero-config start, graceful
+//! shutdown on SIGTERM with a request in flight, TLS with ALPN h2.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mailveil::cache::{Cache, CacheConfig};
+use mailveil::fetch::Fetcher;
+use mailveil::image::ImagePolicy;
+use mailveil::metrics::Metrics;
+use mailveil::server::{self, AppState, ServerConfig};
+
+use crate::server::{fetch_config, get, png};
+use crate::upstream::{Route, Upstream};
+use crate::util::{signer, Sandbox};
+
+/// Kills the child on drop so a failing test leaves no daemon behind.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    fn spawn(args: &[&str], home: &std::path::Path, config: Option<&std::path::Path>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailveil"));
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(config) = config {
+            cmd.env("MAILVEIL_CONFIG", config);
+        }
+        Daemon(cmd.spawn().expect("spawn mailveil serve"))
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "daemon did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn wait_healthy(base: &str) {
+    let started = Instant::now();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    loop {
+        let uri: http::Uri = format!("{base}/healthz").parse().expect("uri");
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "daemon not healthy at {base}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn serve_with_no_config_starts_a_working_proxy_and_stops_on_sigterm() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::spawn(&["serve"], home.path(), None);
+    wait_healthy("http://127.0.0.1:8700").await;
+    // The key made on first use is the one `sign` uses too.
+    let signed = Command::new(env!("CARGO_BIN_EXE_mailveil"))
+        .args(["sign", "http://10.1.2.3/pixel.gif"])
+        .env_clear()
+        .env("HOME", home.path())
+        .output()
+        .expect("sign");
+    let url = String::from_utf8(signed.stdout).expect("utf-8");
+    let got = get(url.trim()).await;
+    assert_eq!(got.status, 403, "a private target is refused, but the signature was good");
+    let bad = get("http://127.0.0.1:8700/i/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovL3guZXhhbXBsZS8").await;
+    assert_eq!(bad.status, 403);
+    let metrics = String::from_utf8_lossy(&get("http://127.0.0.1:8700/metrics").await.body).into_owned();
+    assert!(metrics.contains("outcome=\"forbidden\"} 1"), "{metrics}");
+    assert!(metrics.contains("outcome=\"bad_signature\"} 1"), "{metrics}");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let up = Upstream::start("127.0.0.1:0").await;
+    up.route("/slow.png", Route::Body { content_type: "image/png", body: png(4, 4).into(), delay: Duration::from_millis(1500) });
+    let port = free_port();
+    let sandbox = Sandbox::new("[fetch]\nallow_networks = [\"127.0.0.1/32\"]\n");
+    let config = sandbox.dir.path().join("serve.toml");
+    let text = std::fs::read_to_string(&sandbox.config).expect("config")
+        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&config, text).expect("write");
+    let mut daemon = Daemon::spawn(&["serve"], sandbox.dir.path(), Some(&config));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let path = signer().sign(&url::Url::parse(&up.url("/slow.png")).expect("url"));
+    let path = path.strip_prefix(crate::util::PUBLIC_URL).expect("prefix").to_owned();
+    let in_flight = tokio::spawn({
+        let url = format!("{base}{path}");
+        async move { get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.terminate();
+    let got = in_flight.await.expect("join");
+    assert_eq!(got.status, 200, "the in-flight request completed");
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
+async fn tls_with_alpn_h2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("key");
+    let tls = server::load_tls(&cert_path, &key_path).expect("load tls");
+
+    let cache = Cache::open(CacheConfig {
+        dir: dir.path().join("cache"),
+        max_disk_bytes: 1 << 20,
+        memory_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+    })
+    .expect("cache");
+    let state = Arc::new(AppState::new(signer(), cache, Fetcher::new(fetch_config(&[])), ImagePolicy::default(), Arc::new(Metrics::new())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig { max_connections: 16, header_timeout: Duration::from_secs(5), shutdown_grace: Duration::from_secs(5), tls: Some(tls) };
+    let task = tokio::spawn(server::run(listener, state, config, async { let _ = stopped.await; }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https);
+    let uri: http::Uri = format!("https://localhost:{port}/healthz").parse().expect("uri");
+    let resp = client.get(uri).await.expect("https request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2, "ALPN negotiated h2");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok\n");
+    let _ = stop.send(());
+    let _ = task.await;
+}
