@@ -153,12 +153,30 @@ impl Default for RawCache {
 pub struct RawPrefetch {
     /// Durable queue shared by `filter` (writer) and `serve` (reader).
     pub spool_dir: PathBuf,
+    /// `"fetch"` or `"placeholder"`: what a reader's request does on a cache miss.
+    pub on_miss: String,
+    /// Upstream fetches at once.
+    pub concurrency: usize,
+    /// Upstream fetches at once to one host.
+    pub per_host: usize,
+    /// Attempts per URL on transient failures.
+    pub max_attempts: u32,
+    /// Seconds before the first retry (doubling after).
+    pub retry_base_secs: u64,
+    /// Milliseconds between scans of the spool for new jobs.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for RawPrefetch {
     fn default() -> Self {
         Self {
             spool_dir: default_state_dir().join("spool"),
+            on_miss: "fetch".into(),
+            concurrency: 32,
+            per_host: 8,
+            max_attempts: 5,
+            retry_base_secs: 30,
+            poll_interval_ms: 500,
         }
     }
 }
@@ -338,6 +356,10 @@ pub struct Config {
     pub fetch: crate::fetch::FetchConfig,
     /// Content checks.
     pub images: crate::image::ImagePolicy,
+    /// Prefetch workers' limits.
+    pub prefetch: crate::prefetch::PrefetchConfig,
+    /// What a reader's request does on a miss.
+    pub on_miss: crate::server::OnMiss,
 }
 
 /// Listener settings of `serve`.
@@ -399,6 +421,8 @@ impl Config {
             cache: parse_cache(&raw.cache, cache_dir.clone())?,
             fetch: parse_fetch(&raw.fetch, allow_networks.clone())?,
             images: parse_images(&raw.images)?,
+            prefetch: parse_prefetch(&raw.prefetch)?,
+            on_miss: parse_on_miss(&raw.prefetch.on_miss)?,
             listen: parse_listen(&raw.server.listen)?,
             public_url: parse_public_url(&raw.server.public_url)?,
             keys: KeyConfig {
@@ -530,6 +554,24 @@ fn parse_images(raw: &RawImages) -> Result<crate::image::ImagePolicy, ConfigErro
         reencode: raw.reencode,
         allow_svg: raw.allow_svg,
     })
+}
+
+fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::prefetch::PrefetchConfig, ConfigError> {
+    Ok(crate::prefetch::PrefetchConfig {
+        concurrency: positive("prefetch.concurrency", raw.concurrency as u64)? as usize,
+        per_host: positive("prefetch.per_host", raw.per_host as u64)? as usize,
+        max_attempts: positive("prefetch.max_attempts", u64::from(raw.max_attempts))? as u32,
+        retry_base: seconds("prefetch.retry_base_secs", raw.retry_base_secs)?,
+        poll_interval: Duration::from_millis(positive("prefetch.poll_interval_ms", raw.poll_interval_ms)?),
+    })
+}
+
+fn parse_on_miss(value: &str) -> Result<crate::server::OnMiss, ConfigError> {
+    match value {
+        "fetch" => Ok(crate::server::OnMiss::Fetch),
+        "placeholder" => Ok(crate::server::OnMiss::Placeholder),
+        _ => Err(invalid("prefetch.on_miss", value, "expected \"fetch\" or \"placeholder\"")),
+    }
 }
 
 fn parse_tracker_mode(value: &str) -> Result<TrackerMode, ConfigError> {

@@ -16,7 +16,10 @@ use mailveil::cache::Cache;
 use mailveil::config::{Config, OnError, RawConfig};
 use mailveil::fetch::Fetcher;
 use mailveil::metrics::Metrics;
+use mailveil::prefetch;
 use mailveil::server::{self, AppState, ServerConfig};
+use mailveil::spool::Spool;
+use tokio_util::sync::CancellationToken;
 use mailveil::html::Engine;
 use mailveil::sign::{Key, Signer};
 use mailveil::trackers::TrackerRules;
@@ -159,7 +162,9 @@ async fn serve(config: Config) -> Result<()> {
         Fetcher::new(config.fetch.clone()),
         config.images.clone(),
         Arc::new(Metrics::new()),
-    ));
+    )
+    .with_on_miss(config.on_miss));
+    let spool = Spool::open(&config.spool_dir).context("prefetch.spool_dir")?;
     let tls = match &config.server.tls {
         Some((cert, key)) => Some(server::load_tls(cert, key)?),
         None => None,
@@ -168,6 +173,13 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("server.listen = {:?}: cannot listen", config.listen.to_string()))?;
     spawn_eviction(state.cache.clone());
+    let stop_prefetch = CancellationToken::new();
+    let prefetch = tokio::spawn(prefetch::run(
+        spool,
+        state.clone(),
+        config.prefetch.clone(),
+        stop_prefetch.clone(),
+    ));
     tracing::info!(
         listen = %config.listen,
         public_url = %config.public_url,
@@ -182,6 +194,8 @@ async fn serve(config: Config) -> Result<()> {
         tls,
     };
     server::run(listener, state, server_config, shutdown_signal()).await?;
+    stop_prefetch.cancel();
+    let _ = prefetch.await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
@@ -333,12 +347,23 @@ fn run_filter(config_path: Option<&Path>) -> ExitCode {
 fn filter_with(config: &Config, raw: &[u8]) -> Result<Vec<u8>> {
     let engine = build_engine(config)?;
     let filtered = mailveil::filter::filter_message(&engine, raw)?;
+    queue_prefetch(config, &filtered.report);
     tracing::info!(
         html_parts = filtered.html_parts,
         summary = %filtered.report.header_value(),
         "message rewritten"
     );
     Ok(filtered.message)
+}
+
+/// Records the message's proxied URLs for the daemon to fetch now, at delivery. A failure
+/// here does not hold the message back: its images are then fetched when first opened.
+fn queue_prefetch(config: &Config, report: &mailveil::html::Report) {
+    let targets: Vec<String> = report.targets.iter().cloned().collect();
+    let queued = Spool::open_for_writing(&config.spool_dir).and_then(|s| s.enqueue(&targets));
+    if let Err(e) = queued {
+        eprintln!("mailveil filter: prefetch not queued ({e}); images will be fetched when opened");
+    }
 }
 
 /// Writes to stdout; a failed write means the MTA has a truncated message, so ask it to retry.

@@ -6,6 +6,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -20,6 +21,10 @@ pub enum Outcome {
     Fetched,
     /// Waited for another request's upstream fetch.
     Coalesced,
+    /// Served from the cache (tier not distinguished).
+    Hit,
+    /// Nothing cached; the neutral placeholder was served (`prefetch.on_miss`).
+    Placeholder,
     /// `If-None-Match` matched: 304.
     NotModified,
     /// Signature missing or wrong: 403 without touching the network.
@@ -59,6 +64,8 @@ impl Outcome {
             Outcome::HitDisk => "hit_disk",
             Outcome::Fetched => "fetched",
             Outcome::Coalesced => "coalesced",
+            Outcome::Hit => "hit",
+            Outcome::Placeholder => "placeholder",
             Outcome::NotModified => "not_modified",
             Outcome::BadSignature => "bad_signature",
             Outcome::Forbidden => "forbidden",
@@ -120,6 +127,13 @@ pub struct Metrics {
     fetches: Family<ResultLabels, Counter>,
     bytes_served: Counter,
     latency: Histogram,
+    open_time_fetches: Counter,
+    placeholders: Counter,
+    tracking_pixels: Counter,
+    spool_jobs: Gauge,
+    prefetch_jobs: Counter,
+    prefetch_urls: Family<ResultLabels, Counter>,
+    prefetch_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -149,7 +163,36 @@ impl Metrics {
             "Time to answer image requests",
             latency.clone(),
         );
+        let open_time_fetches = Counter::default();
+        registry.register(
+            "open_time_fetches",
+            "Upstream fetches caused by a reader opening a message (prefetch missed)",
+            open_time_fetches.clone(),
+        );
+        let placeholders = Counter::default();
+        registry.register("placeholders", "Misses answered with the neutral placeholder", placeholders.clone());
+        let tracking_pixels = Counter::default();
+        registry.register(
+            "tracking_pixels",
+            "Fetched images that decoded to a tracking pixel (at most 2x2, or fully transparent)",
+            tracking_pixels.clone(),
+        );
+        let spool_jobs = Gauge::default();
+        registry.register("spool_jobs", "Prefetch jobs waiting in the spool at the last scan", spool_jobs.clone());
+        let prefetch_jobs = Counter::default();
+        registry.register("prefetch_jobs", "Prefetch jobs finished", prefetch_jobs.clone());
+        let prefetch_urls = Family::<ResultLabels, Counter>::default();
+        registry.register("prefetch_urls", "Prefetched URLs by result", prefetch_urls.clone());
+        let prefetch_retries = Counter::default();
+        registry.register("prefetch_retries", "Prefetch retries after transient failures", prefetch_retries.clone());
         Self {
+            open_time_fetches,
+            placeholders,
+            tracking_pixels,
+            spool_jobs,
+            prefetch_jobs,
+            prefetch_urls,
+            prefetch_retries,
             registry,
             requests,
             cache_hits,
@@ -184,6 +227,42 @@ impl Metrics {
     /// Adds served body bytes.
     pub fn bytes(&self, n: usize) {
         self.bytes_served.inc_by(n as u64);
+    }
+
+    /// Counts an upstream fetch caused by a reader's request.
+    pub fn open_time_fetch(&self) {
+        self.open_time_fetches.inc();
+    }
+
+    /// Counts a placeholder served on a miss.
+    pub fn placeholder(&self) {
+        self.placeholders.inc();
+    }
+
+    /// Counts a fetched image found to be a tracking pixel.
+    pub fn tracking_pixel(&self) {
+        self.tracking_pixels.inc();
+    }
+
+    /// Sets the number of jobs seen in the spool.
+    pub fn spool_jobs(&self, n: usize) {
+        self.spool_jobs.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a finished prefetch job.
+    pub fn prefetch_job_done(&self) {
+        self.prefetch_jobs.inc();
+    }
+
+    /// Counts a prefetched URL, cached (`true`) or failed for good.
+    pub fn prefetch_url(&self, cached: bool) {
+        let result = if cached { FetchResult::Ok } else { FetchResult::Error };
+        self.prefetch_urls.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a prefetch retry.
+    pub fn prefetch_retry(&self) {
+        self.prefetch_retries.inc();
     }
 
     /// The Prometheus text exposition.

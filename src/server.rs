@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
-use crate::cache::{Cache, NewEntry, Source};
+use crate::cache::{Cache, Entry, NewEntry, Source};
 use crate::fetch::{FetchError, Fetcher};
 use crate::image::{ImageError, ImagePolicy};
 use crate::metrics::{FetchResult, Metrics, Outcome};
@@ -64,6 +64,17 @@ pub struct AppState {
     /// Bounds image decoding running at once: each can take a second of CPU and about
     /// twice `images.max_alloc` of memory, and blocking tasks cannot be cancelled.
     decode_slots: Semaphore,
+    /// What a reader's request does when the cache has nothing.
+    on_miss: OnMiss,
+}
+
+/// What a reader's request does on a cache miss (prefetch failed, or the entry was evicted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMiss {
+    /// Fetch now: the sender learns the open time, but still not the reader's address.
+    Fetch,
+    /// Serve a neutral transparent image: the sender learns nothing.
+    Placeholder,
 }
 
 impl AppState {
@@ -83,7 +94,27 @@ impl AppState {
             images,
             metrics,
             decode_slots: Semaphore::new(cpus),
+            on_miss: OnMiss::Fetch,
         }
+    }
+
+    /// Sets what a reader's request does on a cache miss (default: fetch).
+    pub fn with_on_miss(mut self, on_miss: OnMiss) -> Self {
+        self.on_miss = on_miss;
+        self
+    }
+
+    /// The cached entry for `target`, fetched (once, however many ask at the same time) and
+    /// checked on a miss. Used by readers' requests and by the prefetch workers alike.
+    ///
+    /// # Errors
+    /// The shared [`ProxyError`] of the fetch.
+    pub async fn load(self: &Arc<Self>, target: &Url) -> Result<(Arc<Entry>, Source), Arc<ProxyError>> {
+        let state = self.clone();
+        let owned = target.clone();
+        self.cache
+            .get_or_fetch(target.as_str(), move || fetch_and_check(state, owned))
+            .await
     }
 }
 
@@ -115,6 +146,15 @@ impl ProxyError {
             },
             ProxyError::Content(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Worth retrying later (the prefetch queue's question).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProxyError::Fetch(e) => e.is_transient(),
+            ProxyError::Content(_) => false,
+            ProxyError::Internal(_) => true,
         }
     }
 
@@ -286,12 +326,15 @@ async fn serve_target(
 ) -> (Response<Body>, Outcome) {
     let host = target.host_str().unwrap_or("").to_owned();
     let url_hash = short_hash(target.as_str());
-    let fetch_state = state.clone();
-    let fetch_target = target.clone();
-    let result = state
-        .cache
-        .get_or_fetch(target.as_str(), move || fetch_and_check(fetch_state, fetch_target))
-        .await;
+    if state.on_miss == OnMiss::Placeholder {
+        let Some(entry) = state.cache.get(target.as_str()).await else {
+            tracing::debug!(%host, url = %url_hash, "miss answered with the placeholder");
+            state.metrics.placeholder();
+            return (placeholder(), Outcome::Placeholder);
+        };
+        return cached_response(state, &entry, req, Outcome::Hit);
+    }
+    let result = state.load(target).await;
     match result {
         Ok((entry, source)) => {
             let outcome = match source {
@@ -317,8 +360,31 @@ fn record_source(metrics: &Metrics, source: Source) {
     match source {
         Source::Memory => metrics.cache_hit("memory"),
         Source::Disk => metrics.cache_hit("disk"),
-        Source::Fetched | Source::Coalesced => metrics.cache_miss(),
+        Source::Fetched => {
+            // A reader's open caused an upstream fetch: the sender learns the open time.
+            metrics.cache_miss();
+            metrics.open_time_fetch();
+        }
+        Source::Coalesced => metrics.cache_miss(),
     }
+}
+
+/// A 1×1 transparent GIF, served when `prefetch.on_miss = "placeholder"` finds nothing.
+const PLACEHOLDER_GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
+    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// The neutral image; not cacheable by the client, so a later prefetch can still show.
+fn placeholder() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(PLACEHOLDER_GIF)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(PLACEHOLDER_GIF.len()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    add_security_headers(h);
+    r
 }
 
 /// Fetches and checks a body, for the cache to store. Runs once per coalesced group.
@@ -328,6 +394,10 @@ async fn fetch_and_check(state: Arc<AppState>, target: Url) -> Result<NewEntry, 
         Ok(_) => FetchResult::Ok,
         Err(e) => e.fetch_result(),
     });
+    if result.as_ref().is_ok_and(|entry| entry.is_pixel) {
+        state.metrics.tracking_pixel();
+        tracing::debug!(host = target.host_str().unwrap_or(""), url = %short_hash(target.as_str()), "fetched a tracking pixel");
+    }
     result
 }
 
