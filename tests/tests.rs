@@ -14,3 +14,4 @@ mod ssrf;
 mod upstream;
 mod chromium;
 mod daemon;
+mod prefetch;
