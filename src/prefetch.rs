@@ -161,9 +161,8 @@ async fn prefetch_url(state: Arc<AppState>, limits: Arc<Limits>, config: Prefetc
         state.metrics.prefetch_url(false);
         return UrlOutcome::Failed;
     };
-    if state.cache.contains(target.as_str()).await {
-        return UrlOutcome::Cached;
-    }
+    // No separate "already cached?" check: `load` answers from the cache when it can, so
+    // URLs cached before a restart, or shared with an earlier message, are not refetched.
     let host = target.host_str().unwrap_or("").to_owned();
     let mut delay = config.retry_base;
     for attempt in 1..=config.max_attempts.max(1) {

@@ -249,6 +249,41 @@ fn label_matches(want: &str, got: &str) -> bool {
     }
 }
 
+/// [`BUILTIN_RULES`] filed by the last two labels of their host pattern.
+struct BuiltinIndex {
+    by_tail: std::collections::HashMap<&'static str, Vec<usize>>,
+    /// Rules with a wildcard in their last two labels, tried for every host.
+    wildcard: Vec<usize>,
+}
+
+fn builtin_index() -> &'static BuiltinIndex {
+    static INDEX: std::sync::OnceLock<BuiltinIndex> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = BuiltinIndex {
+            by_tail: std::collections::HashMap::new(),
+            wildcard: Vec::new(),
+        };
+        for (i, rule) in BUILTIN_RULES.iter().enumerate() {
+            let tail = last_two_labels(rule.host);
+            if tail.contains('*') {
+                index.wildcard.push(i);
+            } else {
+                index.by_tail.entry(tail).or_default().push(i);
+            }
+        }
+        index
+    })
+}
+
+/// `a.b.example.com` → `example.com`; a one-label host is its own tail.
+fn last_two_labels(host: &str) -> &str {
+    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
+    match (dots.next(), dots.next()) {
+        (Some(_), Some(second)) => host.get(second + 1..).unwrap_or(host),
+        _ => host,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The URL as seen by the matchers
 // ---------------------------------------------------------------------------
@@ -794,11 +829,16 @@ impl TrackerRules {
     /// rule matches. Exceptions override built-in rules too, so a list can
     /// whitelist an endpoint the built-in table gets wrong.
     pub fn classify(&self, url: &Url) -> Option<TrackerMatch> {
+        // The common case — no built-in rule for this host and no lists — must stay cheap:
+        // it runs for every image of every message. The `url` crate lowercases domains.
+        let host = url.host_str().unwrap_or("").trim_end_matches('.');
+        let builtin = self.builtin_hit(host, url);
+        if builtin.is_none() && self.block.len() == 0 {
+            return None;
+        }
         let subject = Subject::new(url);
-        let (rule, source) = self
-            .builtin_hit(url, &subject)
-            .or_else(|| self.list_hit(&subject))?;
-        if self.allow.find(&subject).is_some() {
+        let (rule, source) = builtin.or_else(|| self.list_hit(&subject))?;
+        if self.allow.len() > 0 && self.allow.find(&subject).is_some() {
             return None;
         }
         Some(TrackerMatch {
@@ -808,14 +848,17 @@ impl TrackerRules {
         })
     }
 
-    /// First matching built-in rule, as (rule text, source).
-    fn builtin_hit(&self, url: &Url, subject: &Subject) -> Option<(String, RuleSource)> {
-        let host = subject.host();
-        if host.is_empty() {
+    /// First matching built-in rule, as (rule text, source). Only the rules filed under
+    /// the host's last two labels (and the few with a wildcard there) are tried.
+    fn builtin_hit(&self, host: &str, url: &Url) -> Option<(String, RuleSource)> {
+        if host.is_empty() || self.builtin.is_empty() {
             return None;
         }
-        self.builtin
-            .iter()
+        let index = builtin_index();
+        let filed = index.by_tail.get(last_two_labels(host)).into_iter().flatten();
+        filed
+            .chain(index.wildcard.iter())
+            .filter_map(|&i| self.builtin.get(i))
             .find(|rule| rule.matches(host, url))
             .map(|rule| (rule.describe(), RuleSource::Builtin))
     }
