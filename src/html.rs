@@ -508,13 +508,22 @@ fn animates_reference(el: &Element<'_, '_>) -> bool {
 
 /// The attributes of one element, with the decisions that need the element's context.
 fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -> HandlerResult {
+    let svg = el.namespace_uri() == SVG_NAMESPACE;
+    let has_base = st.base.is_some();
+    // Values are copied only for the attributes that can matter: most attributes of a
+    // newsletter (class, align, width, cellpadding…) never do, and this runs per element.
     let attrs: Vec<(String, String)> = el
         .attributes()
         .iter()
-        .map(|a| (a.name(), a.value()))
+        .filter_map(|a| {
+            let name = a.name();
+            is_relevant(&name, tag, svg, has_base).then(|| (name, a.value()))
+        })
         .collect();
+    if attrs.is_empty() {
+        return Ok(());
+    }
     let tiny = tag == "img" && looks_like_pixel(&attrs);
-    let svg = el.namespace_uri() == SVG_NAMESPACE;
     for (name, raw) in &attrs {
         let value = decode_entities(raw);
         let disposition = match name.as_str() {
@@ -529,10 +538,7 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
             "href" | "xlink:href" if svg => svg_href(st, tag, &value),
             "href" if matches!(tag, "a" | "area") => absolute_link(st, &value),
             "ping" | "manifest" => st.other_load(&value),
-            "fill" | "stroke" | "filter" | "mask" | "clip-path" | "marker-start"
-            | "marker-mid" | "marker-end" | "cursor"
-                if contains_ignore_case(&value, "url(") =>
-            {
+            n if svg && is_svg_paint(n) && contains_ignore_case(&value, "url(") => {
                 replace_if_changed(&value, st.css(&value))
             }
             _ => Disposition::Keep,
@@ -549,6 +555,27 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
         }
     }
     Ok(())
+}
+
+/// Attributes that can load something (or that pixel detection reads).
+fn is_relevant(name: &str, tag: &str, svg: bool, has_base: bool) -> bool {
+    match name {
+        "src" | "lowsrc" | "dynsrc" | "srcset" | "background" | "poster" | "icon" | "style"
+        | "ping" | "manifest" => true,
+        "href" | "xlink:href" => svg || (has_base && matches!(tag, "a" | "area")),
+        "width" | "height" => tag == "img",
+        n if n.starts_with("on") => true,
+        n => svg && is_svg_paint(n),
+    }
+}
+
+/// SVG presentation attributes that take a `url()` reference.
+fn is_svg_paint(name: &str) -> bool {
+    matches!(
+        name,
+        "fill" | "stroke" | "filter" | "mask" | "clip-path" | "marker-start" | "marker-mid"
+            | "marker-end" | "cursor"
+    )
 }
 
 fn svg_href(st: &mut State<'_>, tag: &str, value: &str) -> Disposition {
@@ -586,8 +613,11 @@ fn replace_if_changed(old: &str, new: String) -> Disposition {
 /// `lol_html` escapes quotes in values it writes but not `&`, so a decoded `&` would be
 /// read back as the start of an entity; escape it first.
 fn set_attribute(el: &mut Element<'_, '_>, name: &str, value: &str) -> HandlerResult {
-    let escaped = value.replace('&', "&amp;");
-    el.set_attribute(name, &escaped)?;
+    if value.contains('&') {
+        el.set_attribute(name, &value.replace('&', "&amp;"))?;
+    } else {
+        el.set_attribute(name, value)?;
+    }
     Ok(())
 }
 

@@ -252,8 +252,9 @@ fn label_matches(want: &str, got: &str) -> bool {
 /// [`BUILTIN_RULES`] filed by the last two labels of their host pattern.
 struct BuiltinIndex {
     by_tail: std::collections::HashMap<&'static str, Vec<usize>>,
-    /// Rules with a wildcard in their last two labels, tried for every host.
-    wildcard: Vec<usize>,
+    /// Rules with a wildcard in their last two labels, with the literal start of that tail
+    /// (`sidekickopen` for `sidekickopen*.com`) as a cheap first test.
+    wildcard: Vec<(usize, &'static str)>,
 }
 
 fn builtin_index() -> &'static BuiltinIndex {
@@ -265,8 +266,8 @@ fn builtin_index() -> &'static BuiltinIndex {
         };
         for (i, rule) in BUILTIN_RULES.iter().enumerate() {
             let tail = last_two_labels(rule.host);
-            if tail.contains('*') {
-                index.wildcard.push(i);
+            if let Some(star) = tail.find('*') {
+                index.wildcard.push((i, tail.get(..star).unwrap_or("")));
             } else {
                 index.by_tail.entry(tail).or_default().push(i);
             }
@@ -855,10 +856,16 @@ impl TrackerRules {
             return None;
         }
         let index = builtin_index();
-        let filed = index.by_tail.get(last_two_labels(host)).into_iter().flatten();
+        let tail = last_two_labels(host);
+        let filed = index.by_tail.get(tail).into_iter().flatten().copied();
+        let wild = index
+            .wildcard
+            .iter()
+            .filter(|(_, start)| tail.starts_with(start))
+            .map(|&(i, _)| i);
         filed
-            .chain(index.wildcard.iter())
-            .filter_map(|&i| self.builtin.get(i))
+            .chain(wild)
+            .filter_map(|i| self.builtin.get(i))
             .find(|rule| rule.matches(host, url))
             .map(|rule| (rule.describe(), RuleSource::Builtin))
     }
