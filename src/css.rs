@@ -52,9 +52,12 @@ pub enum UrlAction {
 ///
 /// `decide` is called once per reference, in source order. Blocks nested deeper than an
 /// internal limit (64 levels) are emptied rather than examined.
-pub fn rewrite_css(css: &str, decide: &mut dyn FnMut(&str, UrlKind) -> UrlAction) -> String {
+pub fn rewrite_css<'a>(
+    css: &'a str,
+    decide: &mut dyn FnMut(&str, UrlKind) -> UrlAction,
+) -> Cow<'a, str> {
     if !may_contain_url(css) {
-        return css.to_owned();
+        return Cow::Borrowed(css);
     }
     let mut input = ParserInput::new(css);
     let mut parser = Parser::new(&mut input);
@@ -63,7 +66,10 @@ pub fn rewrite_css(css: &str, decide: &mut dyn FnMut(&str, UrlKind) -> UrlAction
         edits: Vec::new(),
     };
     rewriter.walk(&mut parser, 0, Context::plain(UrlKind::Image));
-    splice(css, &rewriter.edits)
+    if rewriter.edits.is_empty() {
+        return Cow::Borrowed(css);
+    }
+    Cow::Owned(splice(css, &rewriter.edits))
 }
 
 /// Layout hints read from a declaration list (a `style` attribute), used to spot tracking pixels.
@@ -626,7 +632,7 @@ mod tests {
             seen.push((url.to_owned(), kind));
             action.clone()
         });
-        (out, seen)
+        (out.into_owned(), seen)
     }
 
     fn urls(css: &str) -> Vec<(String, UrlKind)> {

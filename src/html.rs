@@ -229,7 +229,7 @@ impl<'e> State<'e> {
     }
 
     /// Rewrites CSS (a stylesheet or a declaration list).
-    fn css(&mut self, text: &str) -> String {
+    fn css<'t>(&mut self, text: &'t str) -> std::borrow::Cow<'t, str> {
         css::rewrite_css(text, &mut |url, kind| match kind {
             UrlKind::Import => {
                 self.report.removed += 1;
@@ -602,11 +602,10 @@ fn absolute_link(st: &State<'_>, value: &str) -> Disposition {
     }
 }
 
-fn replace_if_changed(old: &str, new: String) -> Disposition {
-    if new == old {
-        Disposition::Keep
-    } else {
-        Disposition::Replace(new)
+fn replace_if_changed(old: &str, new: std::borrow::Cow<'_, str>) -> Disposition {
+    match new {
+        std::borrow::Cow::Owned(new) if new != old => Disposition::Replace(new),
+        _ => Disposition::Keep,
     }
 }
 
@@ -631,11 +630,25 @@ fn decode_entities(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// ASCII case-insensitive substring test. Runs over whole comments and attribute values,
+/// so it jumps between candidate first bytes with `memchr` instead of comparing at every
+/// position.
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    let (hay, needle) = (haystack.as_bytes(), needle.as_bytes());
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut from = 0;
+    while let Some(found) = hay.get(from..).and_then(|h| memchr::memchr2(lower, upper, h)) {
+        let at = from + found;
+        let candidate = hay.get(at + 1..at + 1 + rest.len());
+        if candidate.is_some_and(|c| c.eq_ignore_ascii_case(rest)) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// Markup hints of a tracking pixel: a 0 or 1 pixel size, or hidden by CSS.
@@ -768,6 +781,15 @@ mod tests {
         assert_eq!(parse_srcset("a,b.png"), vec![("a,b.png", "")]);
         assert_eq!(parse_srcset("a.png,, b.png 100w"), vec![("a.png", ""), ("b.png", "100w")]);
         assert_eq!(parse_srcset("  "), Vec::<(&str, &str)>::new());
+    }
+
+    #[test]
+    fn contains_ignore_case_finds_any_spelling() {
+        assert!(contains_ignore_case("a URL(b)", "url("));
+        assert!(contains_ignore_case("xxSrC", "src"));
+        assert!(!contains_ignore_case("sr", "src"));
+        assert!(!contains_ignore_case("", "src"));
+        assert!(contains_ignore_case("abc", ""));
     }
 
     #[test]

@@ -324,11 +324,12 @@ async fn serve_target(
     target: &Url,
     req: &Request<Incoming>,
 ) -> (Response<Body>, Outcome) {
-    let host = target.host_str().unwrap_or("").to_owned();
-    let url_hash = short_hash(target.as_str());
+    // Log fields are computed only when debug logging is on: this is the hot path.
+    let host = || target.host_str().unwrap_or("");
+    let url_hash = || short_hash(target.as_str());
     if state.on_miss == OnMiss::Placeholder {
         let Some(entry) = state.cache.get(target.as_str()).await else {
-            tracing::debug!(%host, url = %url_hash, "miss answered with the placeholder");
+            tracing::debug!(host = host(), url = %url_hash(), "miss answered with the placeholder");
             state.metrics.placeholder();
             return (placeholder(), Outcome::Placeholder);
         };
@@ -344,11 +345,11 @@ async fn serve_target(
                 Source::Coalesced => Outcome::Coalesced,
             };
             record_source(&state.metrics, source);
-            tracing::debug!(%host, url = %url_hash, ?outcome, "served");
+            tracing::debug!(host = host(), url = %url_hash(), ?outcome, "served");
             cached_response(state, &entry, req, outcome)
         }
         Err(e) => {
-            tracing::debug!(%host, url = %url_hash, error = %e, "proxy request failed");
+            tracing::debug!(host = host(), url = %url_hash(), error = %e, "proxy request failed");
             let status = e.status();
             let reason = status.canonical_reason().unwrap_or("error");
             (plain(status, &format!("{}\n", reason.to_ascii_lowercase())), e.outcome())

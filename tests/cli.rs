@@ -110,3 +110,27 @@ fn rewrite_reads_a_file_and_stdin() {
     assert_eq!(stdout(&from_file), stdout(&from_stdin));
     assert!(!stdout(&from_file).contains("remote.test"));
 }
+
+#[test]
+fn example_config_documents_every_key_with_its_default() {
+    let example: toml::Table = std::fs::read_to_string(data("../../config.example.toml"))
+        .expect("read example")
+        .parse()
+        .expect("example is TOML");
+    let defaults: toml::Table = mailveil::config::RawConfig::default().to_toml().parse().expect("defaults");
+    // Paths depend on the user's directories; the example shows the system-wide ones.
+    let computed = ["key_file", "dir", "spool_dir"];
+    for (section, keys) in &defaults {
+        let keys = keys.as_table().expect("section");
+        let documented = example.get(section).and_then(|s| s.as_table()).unwrap_or_else(|| panic!("[{section}] missing"));
+        for (key, value) in keys {
+            let shown = documented.get(key).unwrap_or_else(|| panic!("{section}.{key} not documented"));
+            if !computed.contains(&key.as_str()) {
+                assert_eq!(shown, value, "{section}.{key}: example shows a value that is not the default");
+            }
+        }
+        for key in documented.keys() {
+            assert!(keys.contains_key(key), "{section}.{key} documented but not a key");
+        }
+    }
+}
