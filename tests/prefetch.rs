@@ -263,6 +263,10 @@ async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
     let rewritten: Vec<String> = (0..MESSAGES).map(|i| setup.filter(&message(&up, i))).collect();
     assert!(rewritten.iter().all(|m| m.starts_with("X-Mailveil: proxied=4")));
     wait_until("the spool to drain", Duration::from_secs(60), || jobs_in(&setup.spool()) == 0).await;
+    // The figure behind the cache sizing advice in the README.
+    let files = crate::server::walk(&setup.dir.path().join("cache"));
+    let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    eprintln!("cache after {MESSAGES} messages: {} files, {bytes} bytes, {} bytes per message", files.len(), bytes / MESSAGES as u64);
     assert_opens_tell_the_sender_nothing(&setup, &up, &rewritten).await;
 }
 
