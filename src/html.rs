@@ -141,6 +141,18 @@ struct State<'e> {
     /// nest, so one buffer serves all.
     raw_text: String,
     report: Report,
+    /// Image references already decided in this document, without and with the
+    /// tracking-pixel hint; cleared when `<base>` changes how references resolve.
+    memo: [std::collections::HashMap<String, Seen>; 2],
+}
+
+/// A remembered decision and the counts it added.
+#[derive(Clone)]
+struct Seen {
+    disposition: Disposition,
+    proxied: bool,
+    tracker: bool,
+    removed: bool,
 }
 
 /// How a reference resolved.
@@ -154,7 +166,7 @@ enum Resolved {
 }
 
 /// What to do with one attribute value or URL.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Disposition {
     Keep,
     Replace(String),
@@ -169,6 +181,7 @@ impl<'e> State<'e> {
             depth,
             raw_text: String::new(),
             report: Report::default(),
+            memo: Default::default(),
         }
     }
 
@@ -191,14 +204,33 @@ impl<'e> State<'e> {
     /// An image or font reference: proxied, kept, or removed (trackers in block mode).
     /// `tiny` says the markup around it looks like a tracking pixel.
     fn image(&mut self, raw: &str, tiny: bool) -> Disposition {
-        match self.resolve(raw) {
+        let memo = &self.memo[usize::from(tiny)];
+        if let Some(seen) = memo.get(raw) {
+            // Newsletters repeat the same images (spacers, logos, srcset entries): replay
+            // the counts, skip the parse and the MAC.
+            let seen = seen.clone();
+            self.report.proxied += usize::from(seen.proxied);
+            self.report.trackers += usize::from(seen.tracker);
+            self.report.removed += usize::from(seen.removed);
+            return seen.disposition;
+        }
+        let before = (self.report.proxied, self.report.trackers, self.report.removed);
+        let disposition = match self.resolve(raw) {
             Resolved::Local => Disposition::Keep,
             Resolved::Bad => {
                 self.report.removed += 1;
                 Disposition::Remove
             }
             Resolved::Remote(url) => self.remote_image(url, tiny),
-        }
+        };
+        let seen = Seen {
+            disposition: disposition.clone(),
+            proxied: self.report.proxied > before.0,
+            tracker: self.report.trackers > before.1,
+            removed: self.report.removed > before.2,
+        };
+        self.memo[usize::from(tiny)].insert(raw.to_owned(), seen);
+        disposition
     }
 
     fn remote_image(&mut self, url: Url, tiny: bool) -> Disposition {
@@ -452,6 +484,7 @@ fn on_base(st: &mut State<'_>, el: &mut Element<'_, '_>) -> HandlerResult {
             if let Ok(url) = Url::parse(decode_entities(&href).trim()) {
                 if matches!(url.scheme(), "http" | "https") {
                     st.base = Some(url);
+                    st.memo = Default::default();
                 }
             }
         }
