@@ -15,3 +15,4 @@ mod upstream;
 mod chromium;
 mod daemon;
 mod prefetch;
+mod systemd;
