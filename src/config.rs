@@ -67,6 +67,45 @@ pub struct RawConfig {
     pub filter: RawFilter,
     /// `[images]`: content checks on fetched bodies.
     pub images: RawImages,
+    /// `[api]`: the rewrite API for webmail.
+    pub api: RawApi,
+}
+
+/// `[api]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    /// Address of the rewrite API, separate from the image endpoint; loopback by default.
+    pub listen: String,
+    /// Accepted bearer tokens. The API runs only when at least one token is configured.
+    pub tokens: Vec<String>,
+    /// A file with one token per line (blank lines and `#` comments ignored), instead of
+    /// or as well as `tokens`.
+    pub token_file: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8701".into(),
+            tokens: Vec::new(),
+            token_file: None,
+            max_body_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Settings of the rewrite API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Its own address.
+    pub listen: SocketAddr,
+    /// Accepted tokens; empty means the API is off.
+    pub tokens: Vec<String>,
+    /// Request body bound.
+    pub max_body: usize,
 }
 
 /// `[server]` as written.
@@ -360,6 +399,8 @@ pub struct Config {
     pub prefetch: crate::prefetch::PrefetchConfig,
     /// What a reader's request does on a miss.
     pub on_miss: crate::server::OnMiss,
+    /// The rewrite API.
+    pub api: ApiSettings,
 }
 
 /// Listener settings of `serve`.
@@ -402,9 +443,12 @@ impl RawConfig {
 
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
-        // Serialising plain strings, numbers and lists cannot fail; fall back to the Debug
-        // form rather than panic if a future field type ever makes it fail.
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        // Tokens are secrets: the effective configuration shows that they are set, not what.
+        let mut shown = self.clone();
+        shown.api.tokens = shown.api.tokens.iter().map(|_| "<redacted>".to_owned()).collect();
+        // Serialising plain strings, numbers and lists cannot fail; say so rather than
+        // panic if a future field type ever makes it fail.
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 
@@ -423,6 +467,7 @@ impl Config {
             images: parse_images(&raw.images)?,
             prefetch: parse_prefetch(&raw.prefetch)?,
             on_miss: parse_on_miss(&raw.prefetch.on_miss)?,
+            api: parse_api(&raw.api)?,
             listen: parse_listen(&raw.server.listen)?,
             public_url: parse_public_url(&raw.server.public_url)?,
             keys: KeyConfig {
@@ -563,6 +608,34 @@ fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::prefetch::PrefetchConfig, 
         max_attempts: positive("prefetch.max_attempts", u64::from(raw.max_attempts))? as u32,
         retry_base: seconds("prefetch.retry_base_secs", raw.retry_base_secs)?,
         poll_interval: Duration::from_millis(positive("prefetch.poll_interval_ms", raw.poll_interval_ms)?),
+    })
+}
+
+fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("api.listen", raw.listen.as_str(), format!("not a host:port address ({e})")))?;
+    let mut tokens: Vec<String> = raw.tokens.iter().map(|t| t.trim().to_owned()).collect();
+    if let Some(path) = &raw.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid("api.token_file", path.display().to_string(), format!("cannot read ({e})"))
+        })?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if tokens.iter().any(|t| t.len() < 16) {
+        // The value is a secret: name the key, not the token.
+        return Err(invalid("api.tokens", "<redacted>", "tokens must be at least 16 characters"));
+    }
+    Ok(ApiSettings {
+        listen,
+        tokens,
+        max_body: positive("api.max_body_bytes", raw.max_body_bytes as u64)? as usize,
     })
 }
 

@@ -7,6 +7,7 @@
 //! upstream fetches ([`fetch`], the only outbound code) checked by [`image`].
 //! See `ARCHITECTURE.md` for the data flow and the invariants.
 
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod css;

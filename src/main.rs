@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use mailveil::api::ApiState;
 use mailveil::cache::Cache;
 use mailveil::config::{Config, OnError, RawConfig};
 use mailveil::fetch::Fetcher;
@@ -193,12 +194,56 @@ async fn serve(config: Config) -> Result<()> {
         shutdown_grace: config.server.shutdown_grace,
         tls,
     };
-    server::run(listener, state, server_config, shutdown_signal()).await?;
+    let stop = CancellationToken::new();
+    let api = spawn_api(&config, stop.clone()).await?;
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.cancel();
+    });
+    server::run(listener, state, server_config, stop.clone().cancelled_owned()).await?;
+    stop.cancel();
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     stop_prefetch.cancel();
     let _ = prefetch.await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the rewrite API on its own listener when tokens are configured.
+async fn spawn_api(
+    config: &Config,
+    stop: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    if config.api.tokens.is_empty() {
+        tracing::info!("rewrite API off (no api.tokens)");
+        return Ok(None);
+    }
+    let state = Arc::new(ApiState::new(
+        build_engine(config)?,
+        Spool::open_for_writing(&config.spool_dir).context("prefetch.spool_dir")?,
+        &config.api.tokens,
+        config.api.max_body,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("api.listen = {:?}: cannot listen", config.api.listen.to_string()))?;
+    tracing::info!(listen = %config.api.listen, "rewrite API serving");
+    let api_config = ServerConfig {
+        max_connections: 256,
+        header_timeout: config.server.header_timeout,
+        shutdown_grace: config.server.shutdown_grace,
+        tls: None,
+    };
+    Ok(Some(tokio::spawn(server::serve_with(
+        listener,
+        api_config,
+        stop.cancelled_owned(),
+        move |req| mailveil::api::handle(state.clone(), req),
+    ))))
 }
 
 /// Evicts expired and over-budget cache entries hourly.

@@ -189,6 +189,24 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, config, shutdown, move |req| handle(state.clone(), req)).await
+}
+
+/// The accept loop shared by the image endpoint and the rewrite API: bounded connections,
+/// optional TLS, HTTP/1.1 and HTTP/2, graceful drain. `handler` answers every request.
+///
+/// # Errors
+/// Only if accepting fails in a way that is not per-connection.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let builder = connection_builder(&config);
@@ -214,13 +232,13 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let header_timeout = config.header_timeout;
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(state.clone(), req));
+            let service = service_fn(handler);
             let result = match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -478,7 +496,8 @@ fn add_security_headers(h: &mut http::HeaderMap) {
     );
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+/// A short `text/plain` response carrying the security headers.
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::copy_from_slice(text.as_bytes())));
     *r.status_mut() = status;
     let h = r.headers_mut();

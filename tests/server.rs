@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mailveil::cache::{Cache, CacheConfig};
@@ -101,12 +101,17 @@ pub struct Got {
 }
 
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    request_with_body(method, url, headers, Vec::new()).await
+}
+
+pub async fn request_with_body(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Got {
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req.body(Empty::new()).expect("req")))
+    let body = http_body_util::Full::new(Bytes::from(body));
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req.body(body).expect("req")))
         .await
         .expect("proxy answers in time")
         .expect("request");

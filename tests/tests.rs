@@ -16,3 +16,4 @@ mod chromium;
 mod daemon;
 mod prefetch;
 mod systemd;
+mod api;
