@@ -79,6 +79,13 @@ enum Command {
     Keygen,
     /// Validate the config, print the effective configuration, exit non-zero on error.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) for `man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +98,12 @@ fn main() -> ExitCode {
         Command::Sign { url } => run_sign(cli.config.as_deref(), url),
         Command::Keygen => run_keygen(),
         Command::CheckConfig => run_check_config(cli.config.as_deref()),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "mailveil", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => run_man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +344,21 @@ fn run_sign(config: Option<&Path>, url: &str) -> Result<()> {
     let key = Key::load_or_create(&config.keys.key_file)?;
     let signer = Signer::new(&config.public_url, key, Vec::new());
     println!("{}", signer.sign(&target));
+    Ok(())
+}
+
+fn run_man() -> Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(command.clone()).render(&mut out)?;
+    // One section per subcommand, so `man` shows their options too.
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        writeln!(out, ".SH \"MAILVEIL {}\"", sub.get_name().to_ascii_uppercase())?;
+        let page = clap_mangen::Man::new(sub.clone());
+        page.render_description_section(&mut out)?;
+        page.render_options_section(&mut out)?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -134,3 +134,20 @@ fn example_config_documents_every_key_with_its_default() {
         }
     }
 }
+
+#[test]
+fn man_page_and_completions_are_generated_from_the_cli() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let man = run_binary(&["man"], b"", &[], home.path());
+    assert!(man.status.success());
+    let page = stdout(&man);
+    assert!(page.contains(".TH mailveil"), "{page}");
+    for cmd in ["SERVE", "FILTER", "REWRITE", "SIGN", "KEYGEN", "CHECK-CONFIG"] {
+        assert!(page.contains(&format!(".SH \"MAILVEIL {cmd}\"")), "man page lacks {cmd}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_binary(&["completions", shell], b"", &[], home.path());
+        assert!(out.status.success(), "{shell}");
+        assert!(stdout(&out).contains("check-config"), "{shell} completions lack check-config");
+    }
+}
