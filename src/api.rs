@@ -24,7 +24,8 @@ use crate::spool::Spool;
 
 /// What the API handlers share.
 pub struct ApiState {
-    engine: Engine,
+    /// Replaced whole on reload (SIGHUP).
+    engine: std::sync::RwLock<Arc<Engine>>,
     spool: Spool,
     /// BLAKE3 digests of the accepted tokens.
     tokens: Vec<[u8; 32]>,
@@ -35,11 +36,26 @@ impl ApiState {
     /// API state; `tokens` are the accepted bearer tokens (an empty list refuses everyone).
     pub fn new(engine: Engine, spool: Spool, tokens: &[String], max_body: usize) -> Self {
         Self {
-            engine,
+            engine: std::sync::RwLock::new(Arc::new(engine)),
             spool,
             tokens: tokens.iter().map(|t| *blake3::hash(t.as_bytes()).as_bytes()).collect(),
             max_body,
         }
+    }
+
+    /// Swaps in a new engine (keys and tracker lists reloaded).
+    pub fn replace_engine(&self, engine: Engine) {
+        *self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(engine);
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn authorised(&self, req: &Request<Incoming>) -> bool {
@@ -122,7 +138,7 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
     let (bytes, report, content_type) = match kind {
         Kind::Html => {
             let html = String::from_utf8_lossy(body);
-            match state.engine.rewrite(&html) {
+            match state.engine().rewrite(&html) {
                 Ok(r) => (Bytes::from(r.html), r.report, "text/html; charset=utf-8"),
                 Err(e) => {
                     tracing::debug!(error = %e, "api: html refused");
@@ -130,7 +146,7 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
                 }
             }
         }
-        Kind::Message => match filter_message(&state.engine, body) {
+        Kind::Message => match filter_message(&state.engine(), body) {
             Ok(f) => (Bytes::from(f.message), f.report, "message/rfc822"),
             Err(e) => {
                 // Like `filter`: the caller keeps the original; say so rather than guess.

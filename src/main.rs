@@ -160,16 +160,16 @@ fn load_signer(config: &Config) -> Result<Signer> {
     Ok(Signer::new(&config.public_url, key, previous))
 }
 
-fn run_serve(config: Option<&Path>) -> Result<()> {
-    let config = load_config(config)?;
+fn run_serve(config_path: Option<&Path>) -> Result<()> {
+    let config = load_config(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, config_path))
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     let state = Arc::new(AppState::new(
         load_signer(&config)?,
         Cache::open(config.cache.clone()).context("cache.dir")?,
@@ -208,7 +208,11 @@ async fn serve(config: Config) -> Result<()> {
         tls,
     };
     let stop = CancellationToken::new();
-    let api = spawn_api(&config, stop.clone()).await?;
+    let (api, api_state) = match spawn_api(&config, stop.clone()).await? {
+        Some((task, api_state)) => (Some(task), Some(api_state)),
+        None => (None, None),
+    };
+    spawn_reload(config_path.map(Path::to_owned), state.clone(), api_state);
     let stopping = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -227,10 +231,9 @@ async fn serve(config: Config) -> Result<()> {
 }
 
 /// Starts the rewrite API on its own listener when tokens are configured.
-async fn spawn_api(
-    config: &Config,
-    stop: CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+type ApiTask = (tokio::task::JoinHandle<std::io::Result<()>>, Arc<ApiState>);
+
+async fn spawn_api(config: &Config, stop: CancellationToken) -> Result<Option<ApiTask>> {
     if config.api.tokens.is_empty() {
         tracing::info!("rewrite API off (no api.tokens)");
         return Ok(None);
@@ -251,12 +254,44 @@ async fn spawn_api(
         shutdown_grace: config.server.shutdown_grace,
         tls: None,
     };
-    Ok(Some(tokio::spawn(server::serve_with(
+    let handler_state = state.clone();
+    let task = tokio::spawn(server::serve_with(
         listener,
         api_config,
         stop.cancelled_owned(),
-        move |req| mailveil::api::handle(state.clone(), req),
-    ))))
+        move |req| mailveil::api::handle(handler_state.clone(), req),
+    ));
+    Ok(Some((task, state)))
+}
+
+/// On SIGHUP, re-reads the config file and the keys (and tracker lists for the API) and
+/// swaps them in; connections stay open. Listen addresses and limits need a restart. A bad
+/// new config is reported and the running one kept.
+fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, api: Option<Arc<ApiState>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let reloaded = load_config(config_path.as_deref()).and_then(|config| {
+                let signer = load_signer(&config)?;
+                let engine = api.as_ref().map(|_| build_engine(&config)).transpose()?;
+                Ok((signer, engine))
+            });
+            match reloaded {
+                Ok((signer, engine)) => {
+                    state.replace_signer(signer);
+                    if let (Some(api), Some(engine)) = (&api, engine) {
+                        api.replace_engine(engine);
+                    }
+                    tracing::info!("configuration and keys reloaded");
+                }
+                Err(e) => tracing::warn!("reload failed, keeping the running configuration: {e:#}"),
+            }
+        }
+    });
 }
 
 /// Evicts expired and over-budget cache entries hourly.

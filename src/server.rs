@@ -51,8 +51,8 @@ pub struct ServerConfig {
 
 /// What request handlers share.
 pub struct AppState {
-    /// Verifies proxy URLs.
-    pub signer: Signer,
+    /// Verifies proxy URLs; replaced whole on reload (SIGHUP), so a request sees one key set.
+    signer: std::sync::RwLock<Arc<Signer>>,
     /// The two-tier cache.
     pub cache: Cache,
     /// The outbound client (the only code opening outbound sockets).
@@ -88,7 +88,7 @@ impl AppState {
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Self {
-            signer,
+            signer: std::sync::RwLock::new(Arc::new(signer)),
             cache,
             fetcher,
             images,
@@ -96,6 +96,22 @@ impl AppState {
             decode_slots: Semaphore::new(cpus),
             on_miss: OnMiss::Fetch,
         }
+    }
+
+    /// The current signer.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps in a new signer (keys reloaded); requests in flight finish with the old one.
+    pub fn replace_signer(&self, signer: Signer) {
+        *self
+            .signer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(signer);
     }
 
     /// Sets what a reader's request does on a cache miss (default: fetch).
@@ -324,7 +340,7 @@ fn metrics(state: &AppState) -> Response<Body> {
 /// A signed image request: verify, then cache or fetch.
 async fn image(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let (response, outcome) = match state.signer.verify(req.uri().path()) {
+    let (response, outcome) = match state.signer().verify(req.uri().path()) {
         Err(e) => {
             tracing::debug!(error = %e, "refused proxy request");
             (plain(StatusCode::FORBIDDEN, "forbidden\n"), Outcome::BadSignature)

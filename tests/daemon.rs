@@ -181,3 +181,54 @@ async fn tls_with_alpn_h2() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_keys_without_a_restart() {
+    let up = Upstream::start("127.0.0.1:0").await;
+    up.body("/a.png", "image/png", png(3, 3));
+    up.body("/b.png", "image/png", png(4, 4));
+    let port = free_port();
+    let sandbox = Sandbox::new("[fetch]\nallow_networks = [\"127.0.0.1/32\"]\n");
+    let base_config = std::fs::read_to_string(&sandbox.config).expect("config")
+        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let config = sandbox.dir.path().join("serve.toml");
+    std::fs::write(&config, &base_config).expect("write");
+    let sign = |target: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailveil"))
+            .args(["sign", "--config", config.to_str().expect("utf-8"), target])
+            .env_clear()
+            .env("HOME", sandbox.dir.path())
+            .output()
+            .expect("sign");
+        let url = String::from_utf8(out.stdout).expect("utf-8");
+        format!("http://127.0.0.1:{port}{}", url.trim().strip_prefix(crate::util::PUBLIC_URL).expect("prefix"))
+    };
+    let mut daemon = Daemon::spawn(&["serve", "--config", config.to_str().expect("utf-8")], sandbox.dir.path(), None);
+    wait_healthy(&format!("http://127.0.0.1:{port}")).await;
+    let old_url = sign(&up.url("/a.png"));
+    assert_eq!(get(&old_url).await.status, 200);
+
+    // Rotate: a new signing key, the old one kept for verifying.
+    let old_key = sandbox.dir.path().join("key");
+    let new_key = sandbox.dir.path().join("key2");
+    std::fs::write(&new_key, format!("{}\n", "ab".repeat(32))).expect("key2");
+    let rotated = base_config.replace(
+        &format!("key_file = \"{}\"", old_key.display()),
+        &format!("key_file = \"{}\"\nprevious_key_files = [\"{}\"]", new_key.display(), old_key.display()),
+    );
+    assert_ne!(rotated, base_config);
+    std::fs::write(&config, &rotated).expect("rotate");
+    let new_url = sign(&up.url("/b.png"));
+    assert_eq!(get(&new_url).await.status, 403, "the daemon does not know the new key yet");
+    let hup = Command::new("kill").args(["-HUP", &daemon.0.id().to_string()]).status().expect("kill");
+    assert!(hup.success());
+    let started = Instant::now();
+    while get(&new_url).await.status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "reload did not take effect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&old_url).await.status, 200, "mail signed with the previous key still works");
+    assert!(daemon.0.try_wait().expect("try_wait").is_none(), "still the same process");
+    daemon.terminate();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}
