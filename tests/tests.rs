@@ -17,3 +17,4 @@ mod daemon;
 mod prefetch;
 mod systemd;
 mod api;
+mod recipes;
