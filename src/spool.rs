@@ -82,14 +82,7 @@ impl Spool {
     /// # Errors
     /// [`SpoolError::Io`] when the directory cannot be created or read.
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|error| io(dir, error))?;
-        let spool = Self {
-            dir: dir.to_owned(),
-        };
+        let spool = Self::open_for_writing(dir)?;
         spool.remove_stale_temporaries()?;
         Ok(spool)
     }

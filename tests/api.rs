@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::server::request;
-use crate::util::leaks;
+use crate::util::{free_port, leaks};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -20,10 +20,6 @@ impl Drop for Api {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 async fn start() -> Api {

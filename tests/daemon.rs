@@ -17,7 +17,7 @@ use mailveil::server::{self, AppState, ServerConfig};
 
 use crate::server::{fetch_config, get, png};
 use crate::upstream::{Route, Upstream};
-use crate::util::{signer, Sandbox};
+use crate::util::{free_port, signer, wait_healthy, Sandbox};
 
 /// Kills the child on drop so a failing test leaves no daemon behind.
 struct Daemon(Child);
@@ -63,25 +63,6 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-async fn wait_healthy(base: &str) {
-    let started = Instant::now();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    loop {
-        let uri: http::Uri = format!("{base}/healthz").parse().expect("uri");
-        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await {
-            if resp.status() == 200 {
-                return;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon not healthy at {base}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 #[tokio::test]

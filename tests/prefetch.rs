@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{get, png};
 use crate::upstream::{Logged, Route, Upstream};
-use crate::util::run_binary;
+use crate::util::{free_port, run_binary, wait_healthy};
 
 const MESSAGES: usize = 50;
 const UA: &str = "mailveil-prefetch-test/1";
@@ -30,7 +30,7 @@ impl Setup {
     /// With extra `[prefetch]` keys.
     fn with(per_host: usize, prefetch_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = free_port();
         let d = dir.path();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
@@ -103,22 +103,6 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     while !done() {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_healthy(base: &str) {
-    let started = Instant::now();
-    loop {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let uri: http::Uri = format!("{base}/healthz").parse().expect("uri");
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "serve never became healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

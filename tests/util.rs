@@ -147,3 +147,25 @@ pub fn run_binary(
     let _ = writer.join();
     output
 }
+
+/// A port that was free a moment ago, for a daemon started as a separate process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits until `{base}/healthz` answers 200.
+pub async fn wait_healthy(base: &str) {
+    let started = std::time::Instant::now();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    loop {
+        let uri: http::Uri = format!("{base}/healthz").parse().expect("uri");
+        if let Ok(Ok(resp)) = tokio::time::timeout(std::time::Duration::from_secs(1), client.get(uri)).await {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "daemon not healthy at {base}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
