@@ -102,8 +102,10 @@ impl Default for RawApi {
 pub struct ApiSettings {
     /// Its own address.
     pub listen: SocketAddr,
-    /// Accepted tokens; empty means the API is off.
+    /// Tokens written in the config itself (see [`ApiSettings::load_tokens`]).
     pub tokens: Vec<String>,
+    /// File with more tokens, read by `serve` only.
+    pub token_file: Option<PathBuf>,
     /// Request body bound.
     pub max_body: usize,
 }
@@ -616,27 +618,46 @@ fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
         .listen
         .parse()
         .map_err(|e| invalid("api.listen", raw.listen.as_str(), format!("not a host:port address ({e})")))?;
-    let mut tokens: Vec<String> = raw.tokens.iter().map(|t| t.trim().to_owned()).collect();
-    if let Some(path) = &raw.token_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            invalid("api.token_file", path.display().to_string(), format!("cannot read ({e})"))
-        })?;
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
-        );
-    }
-    if tokens.iter().any(|t| t.len() < 16) {
-        // The value is a secret: name the key, not the token.
-        return Err(invalid("api.tokens", "<redacted>", "tokens must be at least 16 characters"));
-    }
+    let tokens: Vec<String> = raw.tokens.iter().map(|t| t.trim().to_owned()).collect();
+    check_tokens("api.tokens", &tokens)?;
     Ok(ApiSettings {
         listen,
         tokens,
+        token_file: raw.token_file.clone(),
         max_body: positive("api.max_body_bytes", raw.max_body_bytes as u64)? as usize,
     })
+}
+
+fn check_tokens(key: &'static str, tokens: &[String]) -> Result<(), ConfigError> {
+    if tokens.iter().any(|t| t.len() < 16) {
+        // The value is a secret: name the key, not the token.
+        return Err(invalid(key, "<redacted>", "tokens must be at least 16 characters"));
+    }
+    Ok(())
+}
+
+impl ApiSettings {
+    /// Every accepted token: `api.tokens` plus the lines of `api.token_file`. Read only by
+    /// `serve` and `check-config`, so `filter`, run by other users, never needs the file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the file cannot be read or holds a short token.
+    pub fn load_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut tokens = self.tokens.clone();
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("api.token_file", path.display().to_string(), format!("cannot read ({e})"))
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+            check_tokens("api.token_file", &tokens)?;
+        }
+        Ok(tokens)
+    }
 }
 
 fn parse_on_miss(value: &str) -> Result<crate::server::OnMiss, ConfigError> {

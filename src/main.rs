@@ -234,14 +234,15 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
 type ApiTask = (tokio::task::JoinHandle<std::io::Result<()>>, Arc<ApiState>);
 
 async fn spawn_api(config: &Config, stop: CancellationToken) -> Result<Option<ApiTask>> {
-    if config.api.tokens.is_empty() {
+    let tokens = config.api.load_tokens()?;
+    if tokens.is_empty() {
         tracing::info!("rewrite API off (no api.tokens)");
         return Ok(None);
     }
     let state = Arc::new(ApiState::new(
         build_engine(config)?,
         Spool::open_for_writing(&config.spool_dir).context("prefetch.spool_dir")?,
-        &config.api.tokens,
+        &tokens,
         config.api.max_body,
     ));
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -407,6 +408,7 @@ fn run_check_config(path: Option<&Path>) -> Result<()> {
     let raw = load_raw(path)?;
     let config = Config::from_raw(&raw)?;
     load_trackers(&config)?;
+    config.api.load_tokens()?;
     for (i, p) in config.keys.previous_key_files.iter().enumerate() {
         Key::load(p).with_context(|| format!("keys.previous_key_files[{i}]"))?;
     }

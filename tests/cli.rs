@@ -151,3 +151,15 @@ fn man_page_and_completions_are_generated_from_the_cli() {
         assert!(stdout(&out).contains("check-config"), "{shell} completions lack check-config");
     }
 }
+
+#[test]
+fn filter_does_not_need_the_api_token_file() {
+    let sandbox = Sandbox::new("[api]\ntoken_file = \"/nonexistent/api-tokens\"\n");
+    let message = b"From: a@b.example\r\nContent-Type: text/html\r\n\r\n<img src=\"https://img.remote.test/a.png\">\r\n";
+    let out = sandbox.run(&["filter"], message);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).starts_with("X-Mailveil: proxied=1"), "{}", stderr(&out));
+    let check = sandbox.run(&["check-config"], b"");
+    assert!(!check.status.success());
+    assert!(stderr(&check).contains("api.token_file"), "{}", stderr(&check));
+}
