@@ -1,7 +1,7 @@
 //! The message filter behind `mailveil filter` (and, later, the milter and the rewrite API):
 //! one RFC 5322 message in, one message out, never lost.
 //!
-//! Every HTML part is rewritten by the [`Engine`](crate::html::Engine) through
+//! Every HTML part is rewritten by the [`Engine`] through
 //! [`crate::mime`], and one `X-Mailveil` header is prepended. Whatever goes wrong — a parser
 //! panic included — the caller gets a [`FilterError`] and passes the original bytes on.
 //! This module does no I/O; reading stdin and writing stdout is `main`'s job.
@@ -27,7 +27,7 @@ pub enum FilterError {
     /// The MIME structure or an HTML part could not be rewritten.
     #[error("cannot rewrite: {0}")]
     Rewrite(String),
-    /// More attached messages than [`MAX_NESTED_MESSAGES`].
+    /// More attached messages than the parser can be trusted with (64).
     #[error("more than {MAX_NESTED_MESSAGES} attached messages")]
     TooManyMessages,
     /// A parser panicked on this input; the panic was contained.
