@@ -143,6 +143,8 @@ struct State<'e> {
     report: Report,
     /// Image references already decided in this document, without and with the
     /// tracking-pixel hint; cleared when `<base>` changes how references resolve.
+    /// SipHash on purpose: the keys are chosen by the sender, and a hasher whose collisions
+    /// can be crafted would let one message make this quadratic.
     memo: [std::collections::HashMap<String, Seen>; 2],
 }
 

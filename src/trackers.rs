@@ -251,7 +251,8 @@ fn label_matches(want: &str, got: &str) -> bool {
 
 /// [`BUILTIN_RULES`] filed by the last two labels of their host pattern.
 struct BuiltinIndex {
-    by_tail: std::collections::HashMap<&'static str, Vec<usize>>,
+    /// FxHash: a fixed table of our own keys, so a sender cannot grow a collision chain.
+    by_tail: rustc_hash::FxHashMap<&'static str, Vec<usize>>,
     /// Rules with a wildcard in their last two labels, with the literal start of that tail
     /// (`sidekickopen` for `sidekickopen*.com`) as a cheap first test.
     wildcard: Vec<(usize, &'static str)>,
@@ -261,7 +262,7 @@ fn builtin_index() -> &'static BuiltinIndex {
     static INDEX: std::sync::OnceLock<BuiltinIndex> = std::sync::OnceLock::new();
     INDEX.get_or_init(|| {
         let mut index = BuiltinIndex {
-            by_tail: std::collections::HashMap::new(),
+            by_tail: rustc_hash::FxHashMap::default(),
             wildcard: Vec::new(),
         };
         for (i, rule) in BUILTIN_RULES.iter().enumerate() {
