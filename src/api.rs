@@ -17,15 +17,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::filter::filter_message;
+use crate::filter::{filter_message, SharedEngine};
 use crate::html::{Engine, Report};
 use crate::server::{plain, Body};
 use crate::spool::Spool;
 
 /// What the API handlers share.
 pub struct ApiState {
-    /// Replaced whole on reload (SIGHUP).
-    engine: std::sync::RwLock<Arc<Engine>>,
+    /// Shared with the milter; replaced whole on reload (SIGHUP).
+    engine: Arc<SharedEngine>,
     spool: Spool,
     /// BLAKE3 digests of the accepted tokens.
     tokens: Vec<[u8; 32]>,
@@ -34,28 +34,17 @@ pub struct ApiState {
 
 impl ApiState {
     /// API state; `tokens` are the accepted bearer tokens (an empty list refuses everyone).
-    pub fn new(engine: Engine, spool: Spool, tokens: &[String], max_body: usize) -> Self {
+    pub fn new(engine: Arc<SharedEngine>, spool: Spool, tokens: &[String], max_body: usize) -> Self {
         Self {
-            engine: std::sync::RwLock::new(Arc::new(engine)),
+            engine,
             spool,
             tokens: tokens.iter().map(|t| *blake3::hash(t.as_bytes()).as_bytes()).collect(),
             max_body,
         }
     }
 
-    /// Swaps in a new engine (keys and tracker lists reloaded).
-    pub fn replace_engine(&self, engine: Engine) {
-        *self
-            .engine
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(engine);
-    }
-
     fn engine(&self) -> Arc<Engine> {
-        self.engine
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.engine.get()
     }
 
     fn authorised(&self, req: &Request<Incoming>) -> bool {

@@ -69,6 +69,72 @@ pub struct RawConfig {
     pub images: RawImages,
     /// `[api]`: the rewrite API for webmail.
     pub api: RawApi,
+    /// `[milter]`: the Postfix/Sendmail milter listener inside `serve`.
+    pub milter: RawMilter,
+}
+
+/// `[milter]` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMilter {
+    /// `inet:host:port` or `unix:/path/to/socket`; empty (the default) means no milter.
+    pub listen: String,
+    /// Permissions of a `unix:` socket, in octal.
+    pub socket_mode: String,
+    /// Messages larger than this (headers and body) pass unchanged.
+    pub max_message_bytes: u64,
+    /// `"accept"`: on an internal failure the message goes on unchanged;
+    /// `"tempfail"`: the MTA is told to try again later. Never a rejection.
+    pub on_error: String,
+}
+
+impl Default for RawMilter {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            socket_mode: "0660".into(),
+            max_message_bytes: 32 << 20,
+            on_error: "accept".into(),
+        }
+    }
+}
+
+/// Where the milter listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MilterListen {
+    /// A TCP address.
+    Inet(SocketAddr),
+    /// A Unix-domain socket and the mode it is given.
+    Unix(PathBuf, u32),
+}
+
+impl std::fmt::Display for MilterListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MilterListen::Inet(addr) => write!(f, "inet:{addr}"),
+            MilterListen::Unix(path, _) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// What the milter does when it cannot rewrite a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MilterOnError {
+    /// Let the message through unchanged.
+    Accept,
+    /// Answer with a temporary failure; the MTA keeps the message and retries.
+    Tempfail,
+}
+
+/// Settings of the milter listener.
+#[derive(Debug, Clone)]
+pub struct MilterSettings {
+    /// The socket; `None` when the milter is off.
+    pub listen: Option<MilterListen>,
+    /// Largest message held in memory and rewritten.
+    pub max_message_bytes: usize,
+    /// Failure behaviour.
+    pub on_error: MilterOnError,
 }
 
 /// `[api]` as written.
@@ -403,6 +469,8 @@ pub struct Config {
     pub on_miss: crate::server::OnMiss,
     /// The rewrite API.
     pub api: ApiSettings,
+    /// The milter.
+    pub milter: MilterSettings,
 }
 
 /// Listener settings of `serve`.
@@ -470,6 +538,7 @@ impl Config {
             prefetch: parse_prefetch(&raw.prefetch)?,
             on_miss: parse_on_miss(&raw.prefetch.on_miss)?,
             api: parse_api(&raw.api)?,
+            milter: parse_milter(&raw.milter)?,
             listen: parse_listen(&raw.server.listen)?,
             public_url: parse_public_url(&raw.server.public_url)?,
             keys: KeyConfig {
@@ -628,6 +697,43 @@ fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
     })
 }
 
+fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
+    let listen = if raw.listen.trim().is_empty() {
+        None
+    } else if let Some(addr) = raw.listen.strip_prefix("inet:") {
+        let addr = addr.parse().map_err(|e| {
+            invalid("milter.listen", raw.listen.as_str(), format!("inet: needs host:port ({e})"))
+        })?;
+        Some(MilterListen::Inet(addr))
+    } else if let Some(path) = raw.listen.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(invalid("milter.listen", raw.listen.as_str(), "unix: needs an absolute path"));
+        }
+        let mode = u32::from_str_radix(raw.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid("milter.socket_mode", raw.socket_mode.as_str(), "expected octal permissions such as \"0660\""))?;
+        Some(MilterListen::Unix(PathBuf::from(path), mode))
+    } else {
+        return Err(invalid(
+            "milter.listen",
+            raw.listen.as_str(),
+            "expected \"inet:host:port\" or \"unix:/path\"",
+        ));
+    };
+    let on_error = match raw.on_error.as_str() {
+        "accept" => MilterOnError::Accept,
+        "tempfail" => MilterOnError::Tempfail,
+        other => return Err(invalid("milter.on_error", other, "expected \"accept\" or \"tempfail\"")),
+    };
+    let max = positive("milter.max_message_bytes", raw.max_message_bytes)?;
+    Ok(MilterSettings {
+        listen,
+        max_message_bytes: usize::try_from(max).unwrap_or(usize::MAX),
+        on_error,
+    })
+}
+
 fn check_tokens(key: &'static str, tokens: &[String]) -> Result<(), ConfigError> {
     if tokens.iter().any(|t| t.len() < 16) {
         // The value is a secret: name the key, not the token.
@@ -758,5 +864,30 @@ mod tests {
         let raw = RawConfig::default();
         let again = RawConfig::from_toml(&raw.to_toml()).unwrap();
         assert_eq!(again.to_toml(), raw.to_toml());
+    }
+
+    #[test]
+    fn milter_settings() {
+        let config = validate("").unwrap();
+        assert_eq!(config.milter.listen, None);
+        assert_eq!(config.milter.on_error, MilterOnError::Accept);
+        let config = validate("[milter]\nlisten = \"inet:127.0.0.1:8702\"").unwrap();
+        assert_eq!(config.milter.listen, Some(MilterListen::Inet("127.0.0.1:8702".parse().unwrap())));
+        let config = validate("[milter]\nlisten = \"unix:/run/mailveil/milter.sock\"\nsocket_mode = \"0666\"").unwrap();
+        assert_eq!(
+            config.milter.listen,
+            Some(MilterListen::Unix("/run/mailveil/milter.sock".into(), 0o666))
+        );
+        for (text, key) in [
+            ("listen = \"tcp:1.2.3.4:5\"", "milter.listen"),
+            ("listen = \"inet:localhost\"", "milter.listen"),
+            ("listen = \"unix:relative.sock\"", "milter.listen"),
+            ("listen = \"unix:/x.sock\"\nsocket_mode = \"rw\"", "milter.socket_mode"),
+            ("on_error = \"reject\"", "milter.on_error"),
+            ("max_message_bytes = 0", "milter.max_message_bytes"),
+        ] {
+            let err = validate(&format!("[milter]\n{text}")).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

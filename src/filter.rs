@@ -1,4 +1,4 @@
-//! The message filter behind `mailveil filter` (and, later, the milter and the rewrite API):
+//! The message filter behind `mailveil filter`, the milter and the rewrite API:
 //! one RFC 5322 message in, one message out, never lost.
 //!
 //! Every HTML part is rewritten by the [`Engine`] through
@@ -7,6 +7,7 @@
 //! This module does no I/O; reading stdin and writing stdout is `main`'s job.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::html::{Engine, Report};
 use crate::mime::{self, MimeLimits};
@@ -52,6 +53,18 @@ pub struct Filtered {
 /// [`FilterError`] when the message cannot be rewritten; the caller must then pass `raw`
 /// on unchanged.
 pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
+    let mut filtered = rewrite_parts(engine, raw)?;
+    filtered.message = mime::prepend_header(&filtered.message, HEADER_NAME, &filtered.report.header_value());
+    Ok(filtered)
+}
+
+/// Rewrites every HTML part of `raw` without adding the header: the milter asks the MTA
+/// to add it. Everything outside the HTML parts' bodies, the header section included, comes
+/// out byte-identical.
+///
+/// # Errors
+/// As [`filter_message`].
+pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
     check_nesting(raw)?;
     let limits = MimeLimits::default();
     let mut report = Report::default();
@@ -70,12 +83,33 @@ pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErr
         Ok(Err(e)) => return Err(FilterError::Rewrite(e.to_string())),
         Ok(Ok(outcome)) => outcome,
     };
-    let message = mime::prepend_header(&outcome.message, HEADER_NAME, &report.header_value());
     Ok(Filtered {
-        message,
+        message: outcome.message,
         report,
         html_parts: outcome.html_parts,
     })
+}
+
+/// The engine the long-running front ends (rewrite API, milter) share, swapped whole when
+/// `serve` reloads its configuration on SIGHUP.
+#[derive(Debug)]
+pub struct SharedEngine(RwLock<Arc<Engine>>);
+
+impl SharedEngine {
+    /// Shares `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self(RwLock::new(Arc::new(engine)))
+    }
+
+    /// The current engine; a request keeps the one it started with.
+    pub fn get(&self) -> Arc<Engine> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in a new engine (keys and tracker lists reloaded).
+    pub fn replace(&self, engine: Engine) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(engine);
+    }
 }
 
 /// Counts `message/rfc822` and `message/global` mentions (an upper bound on attached

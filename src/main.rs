@@ -13,8 +13,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use mailveil::api::ApiState;
+use mailveil::filter::SharedEngine;
+use mailveil::milter::{self, MilterState};
 use mailveil::cache::Cache;
-use mailveil::config::{Config, OnError, RawConfig};
+use mailveil::config::{Config, MilterListen, OnError, RawConfig};
 use mailveil::fetch::Fetcher;
 use mailveil::metrics::Metrics;
 use mailveil::prefetch;
@@ -208,11 +210,25 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         tls,
     };
     let stop = CancellationToken::new();
-    let (api, api_state) = match spawn_api(&config, stop.clone()).await? {
-        Some((task, api_state)) => (Some(task), Some(api_state)),
-        None => (None, None),
+    // The rewrite API and the milter sign URLs with one engine, which SIGHUP swaps.
+    let tokens = config.api.load_tokens()?;
+    let engine = if tokens.is_empty() && config.milter.listen.is_none() {
+        None
+    } else {
+        Some(Arc::new(SharedEngine::new(build_engine(&config)?)))
     };
-    spawn_reload(config_path.map(Path::to_owned), state.clone(), api_state);
+    let api = match &engine {
+        Some(engine) if !tokens.is_empty() => Some(spawn_api(&config, engine.clone(), &tokens, stop.clone()).await?),
+        _ => {
+            tracing::info!("rewrite API off (no api.tokens)");
+            None
+        }
+    };
+    let milter = match (&engine, &config.milter.listen) {
+        (Some(engine), Some(listen)) => Some(spawn_milter(&config, listen, engine.clone(), state.metrics.clone(), stop.clone())?),
+        _ => None,
+    };
+    spawn_reload(config_path.map(Path::to_owned), state.clone(), engine);
     let stopping = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -223,6 +239,14 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     if let Some(api) = api {
         let _ = api.await;
     }
+    if let Some(milter) = milter {
+        // Sessions in flight finish their message; the MTA's own timeouts bound the wait.
+        match tokio::time::timeout(config.server.shutdown_grace, milter).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "milter stopped with an error"),
+            Err(_) => tracing::warn!("milter sessions still open at the shutdown deadline"),
+            _ => {}
+        }
+    }
     stop_prefetch.cancel();
     let _ = prefetch.await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -230,19 +254,17 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Starts the rewrite API on its own listener when tokens are configured.
-type ApiTask = (tokio::task::JoinHandle<std::io::Result<()>>, Arc<ApiState>);
-
-async fn spawn_api(config: &Config, stop: CancellationToken) -> Result<Option<ApiTask>> {
-    let tokens = config.api.load_tokens()?;
-    if tokens.is_empty() {
-        tracing::info!("rewrite API off (no api.tokens)");
-        return Ok(None);
-    }
+/// Starts the rewrite API on its own listener.
+async fn spawn_api(
+    config: &Config,
+    engine: Arc<SharedEngine>,
+    tokens: &[String],
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let state = Arc::new(ApiState::new(
-        build_engine(config)?,
+        engine,
         Spool::open_for_writing(&config.spool_dir).context("prefetch.spool_dir")?,
-        &tokens,
+        tokens,
         config.api.max_body,
     ));
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -255,20 +277,38 @@ async fn spawn_api(config: &Config, stop: CancellationToken) -> Result<Option<Ap
         shutdown_grace: config.server.shutdown_grace,
         tls: None,
     };
-    let handler_state = state.clone();
-    let task = tokio::spawn(server::serve_with(
+    Ok(tokio::spawn(server::serve_with(
         listener,
         api_config,
         stop.cancelled_owned(),
-        move |req| mailveil::api::handle(handler_state.clone(), req),
+        move |req| mailveil::api::handle(state.clone(), req),
+    )))
+}
+
+/// Starts the milter listener. The socket is opened before this returns, so a bad
+/// `milter.listen` stops `serve` at start-up.
+fn spawn_milter(
+    config: &Config,
+    listen: &MilterListen,
+    engine: Arc<SharedEngine>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let state = Arc::new(MilterState::new(
+        engine,
+        Spool::open_for_writing(&config.spool_dir).context("prefetch.spool_dir")?,
+        metrics,
+        &config.milter,
     ));
-    Ok(Some((task, state)))
+    let listener = milter::Listener::bind(listen)
+        .with_context(|| format!("milter.listen = {:?}: cannot listen", listen.to_string()))?;
+    Ok(tokio::spawn(milter::run(listener, state, config.server.max_connections, stop)))
 }
 
 /// On SIGHUP, re-reads the config file and the keys (and tracker lists for the API) and
 /// swaps them in; connections stay open. Listen addresses and limits need a restart. A bad
 /// new config is reported and the running one kept.
-fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, api: Option<Arc<ApiState>>) {
+fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, engine: Option<Arc<SharedEngine>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
@@ -278,14 +318,14 @@ fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, api: Option<
         while hup.recv().await.is_some() {
             let reloaded = load_config(config_path.as_deref()).and_then(|config| {
                 let signer = load_signer(&config)?;
-                let engine = api.as_ref().map(|_| build_engine(&config)).transpose()?;
-                Ok((signer, engine))
+                let new_engine = engine.as_ref().map(|_| build_engine(&config)).transpose()?;
+                Ok((signer, new_engine))
             });
             match reloaded {
-                Ok((signer, engine)) => {
+                Ok((signer, new_engine)) => {
                     state.replace_signer(signer);
-                    if let (Some(api), Some(engine)) = (&api, engine) {
-                        api.replace_engine(engine);
+                    if let (Some(engine), Some(new_engine)) = (&engine, new_engine) {
+                        engine.replace(new_engine);
                     }
                     tracing::info!("configuration and keys reloaded");
                 }

@@ -56,6 +56,42 @@ pub enum FetchResult {
     Error,
 }
 
+/// What the milter did with one message.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum MilterOutcome {
+    /// HTML parts rewritten; the MTA replaced the body.
+    Rewritten,
+    /// Nothing to rewrite; only the header was added.
+    Unchanged,
+    /// Over `milter.max_message_bytes`; passed unchanged.
+    TooLarge,
+    /// Could not be rewritten; passed unchanged or tempfailed per `milter.on_error`.
+    Failed,
+}
+
+impl MilterOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MilterOutcome::Rewritten => "rewritten",
+            MilterOutcome::Unchanged => "unchanged",
+            MilterOutcome::TooLarge => "too_large",
+            MilterOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for MilterOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MilterLabels {
+    outcome: MilterOutcome,
+}
+
 impl Outcome {
     /// The label value, snake_case as Prometheus convention has it.
     pub fn as_str(self) -> &'static str {
@@ -134,6 +170,7 @@ pub struct Metrics {
     prefetch_jobs: Counter,
     prefetch_urls: Family<ResultLabels, Counter>,
     prefetch_retries: Counter,
+    milter_messages: Family<MilterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,7 +222,10 @@ impl Metrics {
         registry.register("prefetch_urls", "Prefetched URLs by result", prefetch_urls.clone());
         let prefetch_retries = Counter::default();
         registry.register("prefetch_retries", "Prefetch retries after transient failures", prefetch_retries.clone());
+        let milter_messages = Family::<MilterLabels, Counter>::default();
+        registry.register("milter_messages", "Messages seen by the milter, by outcome", milter_messages.clone());
         Self {
+            milter_messages,
             open_time_fetches,
             placeholders,
             tracking_pixels,
@@ -201,6 +241,11 @@ impl Metrics {
             bytes_served,
             latency,
         }
+    }
+
+    /// Counts a message the milter finished.
+    pub fn milter_message(&self, outcome: MilterOutcome) {
+        self.milter_messages.get_or_create(&MilterLabels { outcome }).inc();
     }
 
     /// Counts a finished image request and its duration.

@@ -1,0 +1,409 @@
+//! The milter (Postfix `smtpd_milters`, Sendmail `INPUT_MAIL_FILTER`), run inside `serve`.
+//!
+//! The MTA streams each message to us as header fields and body chunks; at end of message
+//! the message is put back together, rewritten by [`crate::filter::rewrite_parts`] (the
+//! same engine and guarantees as `mailveil filter`), and the MTA is told to replace the body
+//! and add the `X-Mailveil` header. The proxied URLs are queued for prefetch, as `filter`
+//! does. Framing is `miltr-server`'s; this module is the glue.
+//!
+//! Never a rejection, never a lost message: a message larger than `milter.max_message_bytes`
+//! is not held and goes on unchanged; a message that cannot be rewritten goes on unchanged
+//! (`milter.on_error = "accept"`) or gets a temporary failure so the MTA retries
+//! (`"tempfail"`). If mailveil is not running at all, the MTA's own default applies, which
+//! the README says to set to accept (`milter_default_action = accept` in Postfix).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use miltr_common::actions::{Action, Continue, Tempfail};
+use miltr_common::commands::{Body, Header};
+use miltr_common::modifications::body::ReplaceBody;
+use miltr_common::modifications::headers::AddHeader;
+use miltr_common::modifications::ModificationResponse;
+use miltr_common::optneg::{Capability, OptNeg, Protocol};
+use miltr_server::{Milter, Server};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{MilterListen, MilterOnError, MilterSettings};
+use crate::filter::{rewrite_parts, SharedEngine, HEADER_NAME};
+use crate::metrics::{Metrics, MilterOutcome};
+use crate::spool::Spool;
+
+/// Largest body piece sent back in one `SMFIR_REPLBODY` frame. The protocol's frames are
+/// bounded at 64 KiB (Postfix and `miltr` both refuse larger ones); the rest is headroom
+/// for the frame's own bytes.
+pub const REPLACE_CHUNK: usize = 64 * 1024 - 64;
+
+/// What every milter session shares.
+#[derive(Debug)]
+pub struct MilterState {
+    engine: Arc<SharedEngine>,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+    max_message_bytes: usize,
+    on_error: MilterOnError,
+}
+
+impl MilterState {
+    /// Shared state; `engine` is the one the rewrite API uses, so SIGHUP reloads both.
+    pub fn new(engine: Arc<SharedEngine>, spool: Spool, metrics: Arc<Metrics>, settings: &MilterSettings) -> Self {
+        Self {
+            engine,
+            spool,
+            metrics,
+            max_message_bytes: settings.max_message_bytes,
+            on_error: settings.on_error,
+        }
+    }
+}
+
+/// One MTA connection: the message being received, reset after each one.
+struct Session {
+    state: Arc<MilterState>,
+    /// Header values arrive with their leading space (`SMFIP_HDR_LEADSPC`), so the header
+    /// section can be put back together as it was written.
+    leading_space: bool,
+    /// The header section as received, then the body.
+    message: Vec<u8>,
+    /// Where the body starts in `message` (`None` until the end of the headers).
+    body_start: Option<usize>,
+    /// The message outgrew `max_message_bytes`; it will go on unchanged.
+    too_large: bool,
+}
+
+impl Session {
+    fn new(state: Arc<MilterState>) -> Self {
+        Self {
+            state,
+            leading_space: false,
+            message: Vec::new(),
+            body_start: None,
+            too_large: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.message = Vec::new();
+        self.body_start = None;
+        self.too_large = false;
+    }
+
+    /// Appends to the held message unless that would pass the size bound.
+    fn hold(&mut self, parts: &[&[u8]]) {
+        if self.too_large {
+            return;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.message.len() + len > self.state.max_message_bytes {
+            self.too_large = true;
+            self.message = Vec::new();
+            return;
+        }
+        for part in parts {
+            self.message.extend_from_slice(part);
+        }
+    }
+
+    /// Decides what the MTA does with the message just received.
+    async fn finish(&mut self) -> ModificationResponse {
+        let metrics = self.state.metrics.clone();
+        if self.too_large {
+            metrics.milter_message(MilterOutcome::TooLarge);
+            tracing::info!(limit = self.state.max_message_bytes, "milter: message too large, passed unchanged");
+            return ModificationResponse::empty_continue();
+        }
+        let Some(body_start) = self.body_start else {
+            // End of body without an end of headers: a confused client. Let it go on.
+            metrics.milter_message(MilterOutcome::Failed);
+            return self.failure("no end of headers before the end of the body");
+        };
+        let message = std::mem::take(&mut self.message);
+        let state = self.state.clone();
+        // Rewriting is CPU work on a whole message: keep it off the async threads. A panic
+        // there surfaces as a join error and takes the failure path like any other error.
+        let result = tokio::task::spawn_blocking(move || {
+            let engine = state.engine.get();
+            let filtered = rewrite_parts(&engine, &message).map_err(|e| e.to_string())?;
+            if filtered.message.get(..body_start) != message.get(..body_start) {
+                return Err("the header section changed while rewriting".to_owned());
+            }
+            let targets: Vec<String> = filtered.report.targets.iter().cloned().collect();
+            if let Err(e) = state.spool.enqueue(&targets) {
+                tracing::warn!(error = %e, "milter: prefetch not queued; images will be fetched when opened");
+            }
+            let changed = filtered.message[body_start..] != message[body_start..];
+            Ok((filtered, changed))
+        })
+        .await;
+        match result {
+            Ok(Ok((filtered, changed))) => {
+                let mut builder = ModificationResponse::builder();
+                if changed {
+                    for chunk in filtered.message[body_start..].chunks(REPLACE_CHUNK) {
+                        builder.push(ReplaceBody::new(chunk));
+                    }
+                }
+                let value = filtered.report.header_value();
+                builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
+                metrics.milter_message(if changed {
+                    MilterOutcome::Rewritten
+                } else {
+                    MilterOutcome::Unchanged
+                });
+                tracing::info!(
+                    proxied = filtered.report.proxied,
+                    trackers = filtered.report.trackers,
+                    removed = filtered.report.removed,
+                    html_parts = filtered.html_parts,
+                    "milter: message rewritten"
+                );
+                builder.contin()
+            }
+            Ok(Err(reason)) => {
+                metrics.milter_message(MilterOutcome::Failed);
+                self.failure(&reason)
+            }
+            Err(_) => {
+                metrics.milter_message(MilterOutcome::Failed);
+                self.failure("internal error while rewriting (contained)")
+            }
+        }
+    }
+
+    fn failure(&self, reason: &str) -> ModificationResponse {
+        match self.state.on_error {
+            MilterOnError::Accept => {
+                tracing::warn!(reason, "milter: message passed unchanged");
+                ModificationResponse::empty_continue()
+            }
+            MilterOnError::Tempfail => {
+                tracing::warn!(reason, "milter: temporary failure returned; the MTA will retry");
+                ModificationResponse::builder().build(Tempfail)
+            }
+        }
+    }
+}
+
+/// The MTA's header value as it would appear in the message: Postfix hands over folded
+/// lines with bare LF between them; the message itself uses CRLF.
+fn push_crlf_lines(out: &mut Vec<u8>, value: &[u8]) {
+    let mut previous = 0u8;
+    for &b in value {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+}
+
+#[async_trait]
+impl Milter for Session {
+    type Error = std::convert::Infallible;
+
+    async fn option_negotiation(&mut self, theirs: OptNeg) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
+        // Only the header fields and the body are needed: the MTA skips everything else.
+        let wanted = OptNeg {
+            capabilities: Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGBODY,
+            protocol: Protocol::NO_CONNECT
+                | Protocol::NO_HELO
+                | Protocol::NO_MAIL
+                | Protocol::NO_RECIPIENT
+                | Protocol::NO_UNKNOWN
+                | Protocol::NO_DATA
+                | Protocol::SMFIP_HDR_LEADSPC,
+            ..OptNeg::default()
+        };
+        let agreed = wanted
+            .merge_compatible(&theirs)
+            .map_err(miltr_common::ProtocolError::CompatibilityError)?;
+        self.leading_space = agreed.protocol.contains(Protocol::SMFIP_HDR_LEADSPC);
+        Ok(agreed)
+    }
+
+    async fn header(&mut self, header: Header) -> Result<Action, Self::Error> {
+        let mut line = Vec::with_capacity(header.name().len() + header.value().len() + 4);
+        line.extend_from_slice(header.name().as_bytes());
+        line.push(b':');
+        if !self.leading_space {
+            line.push(b' ');
+        }
+        push_crlf_lines(&mut line, header.value().as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.hold(&[&line]);
+        Ok(Continue.into())
+    }
+
+    async fn end_of_header(&mut self) -> Result<Action, Self::Error> {
+        self.hold(&[b"\r\n"]);
+        self.body_start = Some(self.message.len());
+        Ok(Continue.into())
+    }
+
+    async fn body(&mut self, body: Body) -> Result<Action, Self::Error> {
+        self.hold(&[body.as_bytes()]);
+        Ok(Continue.into())
+    }
+
+    async fn end_of_body(&mut self) -> Result<ModificationResponse, Self::Error> {
+        let response = self.finish().await;
+        self.reset();
+        Ok(response)
+    }
+
+    async fn abort(&mut self) -> Result<(), Self::Error> {
+        self.reset();
+        Ok(())
+    }
+}
+
+/// A bound milter socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// `inet:host:port`.
+    Inet(TcpListener),
+    /// `unix:/path`; the socket file is removed when the listener is dropped.
+    Unix(UnixListener, RemoveOnDrop),
+}
+
+impl Listener {
+    /// Opens the socket (inside a tokio runtime). A `unix:` socket left over from an earlier
+    /// run is replaced; any other file in the way is an error.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn bind(listen: &MilterListen) -> std::io::Result<Self> {
+        match listen {
+            MilterListen::Inet(addr) => {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(Self::Inet(TcpListener::from_std(listener)?))
+            }
+            MilterListen::Unix(path, mode) => {
+                let listener = bind_unix(path, *mode)?;
+                Ok(Self::Unix(listener, RemoveOnDrop(path.clone())))
+            }
+        }
+    }
+}
+
+/// Serves MTA connections until `stop`, then waits for the sessions in flight (each ends
+/// when its MTA finishes the current message and hangs up). At most `max_sessions` at once.
+///
+/// # Errors
+/// None today; the signature leaves room for fatal listener errors.
+pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usize, stop: CancellationToken) -> std::io::Result<()> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_sessions));
+    let tracker = TaskTracker::new();
+    tracing::info!(listen = %describe(&listener), "milter listening");
+    loop {
+        match &listener {
+            Listener::Inet(l) => {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => break,
+                    a = l.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, _)) => spawn_session(&tracker, &limit, &state, stream).await,
+                    Err(e) => accept_error(&e).await,
+                }
+            }
+            Listener::Unix(l, _) => {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => break,
+                    a = l.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, _)) => spawn_session(&tracker, &limit, &state, stream).await,
+                    Err(e) => accept_error(&e).await,
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+fn describe(listener: &Listener) -> String {
+    match listener {
+        Listener::Inet(l) => l.local_addr().map_or_else(|_| "inet:?".into(), |a| format!("inet:{a}")),
+        Listener::Unix(_, path) => format!("unix:{}", path.0.display()),
+    }
+}
+
+async fn spawn_session<S>(tracker: &TaskTracker, limit: &Arc<tokio::sync::Semaphore>, state: &Arc<MilterState>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // At the bound, new MTA connections wait in the kernel's backlog (the MTA applies its
+    // own timeout and default action) rather than us holding unbounded messages.
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return;
+    };
+    let mut session = Session::new(state.clone());
+    tracker.spawn(async move {
+        let _permit = permit;
+        let mut server = Server::default_postfix(&mut session);
+        if let Err(e) = server.handle_connection(stream.compat()).await {
+            tracing::debug!(error = %e, "milter: connection ended");
+        }
+    });
+}
+
+async fn accept_error(e: &std::io::Error) {
+    // Out of descriptors and the like: wait a little instead of spinning.
+    tracing::warn!(error = %e, "milter: accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Removes the socket file when the listener stops.
+#[derive(Debug)]
+pub struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_values_get_crlf() {
+        let mut out = Vec::new();
+        push_crlf_lines(&mut out, b"a\n\tb\r\n c");
+        assert_eq!(out, b"a\r\n\tb\r\n c");
+    }
+
+    #[test]
+    fn chunks_fit_a_frame() {
+        // Length prefix, command byte and data within the 64 KiB frame bound.
+        const { assert!(REPLACE_CHUNK + 1 + 4 < 1 << 16) };
+    }
+}
