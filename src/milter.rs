@@ -148,7 +148,10 @@ impl Session {
                         builder.push(ReplaceBody::new(chunk));
                     }
                 }
+                // With SMFIP_HDR_LEADSPC the MTA writes the value exactly as given, so the
+                // space after the colon is ours to send.
                 let value = filtered.report.header_value();
+                let value = if self.leading_space { format!(" {value}") } else { value };
                 builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
                 metrics.milter_message(if changed {
                     MilterOutcome::Rewritten

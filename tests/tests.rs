@@ -19,3 +19,4 @@ mod systemd;
 mod api;
 mod recipes;
 mod milter;
+mod postfix;
