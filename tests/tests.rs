@@ -18,3 +18,4 @@ mod prefetch;
 mod systemd;
 mod api;
 mod recipes;
+mod sieve;
