@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use crate::util::{leaks, Sandbox};
 
-const MESSAGE: &str = "From: news@sender.example\nTo: reader@example.org\nSubject: recipe\n\
+/// The message every recipe delivers: HTML with one remote image.
+pub(crate) const MESSAGE: &str = "From: news@sender.example\nTo: reader@example.org\nSubject: recipe\n\
 Content-Type: text/html; charset=utf-8\n\n<p>Hi</p><img src=\"https://img.remote.test/a.png\">\n";
 
 fn mailveil() -> &'static str {
@@ -41,14 +42,16 @@ fn procmailrc(sandbox: &Sandbox, mbox: &Path) -> String {
     )
 }
 
-fn assert_rewritten(mbox: &Path) {
+/// Checks that the message delivered to `mbox` was rewritten and reported.
+pub(crate) fn assert_rewritten(mbox: &Path) {
     let text = std::fs::read_to_string(mbox).unwrap_or_else(|e| panic!("{}: {e}", mbox.display()));
     assert!(text.contains("X-Mailveil: proxied=1"), "{text}");
     assert!(text.contains("Subject: recipe"), "{text}");
     assert!(leaks(&text, &[]).is_empty(), "{text}");
 }
 
-fn assert_delivered_unchanged(mbox: &Path) {
+/// Checks that the message delivered to `mbox` is the original.
+pub(crate) fn assert_delivered_unchanged(mbox: &Path) {
     let text = std::fs::read_to_string(mbox).unwrap_or_else(|e| panic!("{}: {e}", mbox.display()));
     assert!(text.contains("<img src=\"https://img.remote.test/a.png\">"), "{text}");
     assert!(!text.contains("X-Mailveil"), "{text}");

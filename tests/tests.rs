@@ -20,3 +20,4 @@ mod api;
 mod recipes;
 mod milter;
 mod postfix;
+mod sieve;
