@@ -56,10 +56,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon: the image endpoint that answers signed URLs from the cache.
+    /// Run the daemon: the image endpoint that answers signed URLs from the cache, the
+    /// prefetch workers, and (when configured) the rewrite API and the milter.
     ///
     /// With no config it listens on 127.0.0.1:8700. Stops gracefully on SIGTERM or SIGINT;
-    /// tells systemd it is ready when run with Type=notify.
+    /// SIGHUP reloads the config and keys; tells systemd it is ready when run with
+    /// Type=notify.
     Serve,
     /// Rewrite one RFC 5322 message from stdin to stdout (for procmail, maildrop, Sieve, fetchmail).
     ///
