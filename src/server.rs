@@ -540,17 +540,13 @@ pub fn short_hash(url: &str) -> String {
 /// Unreadable files, no certificate, no key, or a key that does not match.
 pub fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use anyhow::Context as _;
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("server.tls_cert {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("server.tls_cert {}", cert.display()))?;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("server.tls_cert {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "server.tls_cert {}: no certificate found", cert.display());
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("server.tls_key {}", key.display()))?,
-    ))
-    .with_context(|| format!("server.tls_key {}", key.display()))?
-    .with_context(|| format!("server.tls_key {}: no private key found", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("server.tls_key {}: no private key read", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
