@@ -25,6 +25,7 @@ use miltr_common::optneg::{Capability, OptNeg, Protocol};
 use miltr_server::{Milter, Server};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -301,10 +302,20 @@ impl Listener {
 /// # Errors
 /// None today; the signature leaves room for fatal listener errors.
 pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usize, stop: CancellationToken) -> std::io::Result<()> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_sessions));
+    let limit = Arc::new(Semaphore::new(max_sessions));
     let tracker = TaskTracker::new();
     tracing::info!(listen = %describe(&listener), "milter listening");
     loop {
+        // Wait for capacity before accepting: at the bound, new MTA connections wait in the
+        // kernel's backlog (the MTA applies its own timeout and default action) rather
+        // than us holding unbounded messages.
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         match &listener {
             Listener::Inet(l) => {
                 let accepted = tokio::select! {
@@ -312,7 +323,7 @@ pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usiz
                     a = l.accept() => a,
                 };
                 match accepted {
-                    Ok((stream, _)) => spawn_session(&tracker, &limit, &state, stream).await,
+                    Ok((stream, _)) => spawn_session(&tracker, permit, &state, stream),
                     Err(e) => accept_error(&e).await,
                 }
             }
@@ -322,7 +333,7 @@ pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usiz
                     a = l.accept() => a,
                 };
                 match accepted {
-                    Ok((stream, _)) => spawn_session(&tracker, &limit, &state, stream).await,
+                    Ok((stream, _)) => spawn_session(&tracker, permit, &state, stream),
                     Err(e) => accept_error(&e).await,
                 }
             }
@@ -341,15 +352,10 @@ fn describe(listener: &Listener) -> String {
     }
 }
 
-async fn spawn_session<S>(tracker: &TaskTracker, limit: &Arc<tokio::sync::Semaphore>, state: &Arc<MilterState>, stream: S)
+fn spawn_session<S>(tracker: &TaskTracker, permit: OwnedSemaphorePermit, state: &Arc<MilterState>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // At the bound, new MTA connections wait in the kernel's backlog (the MTA applies its
-    // own timeout and default action) rather than us holding unbounded messages.
-    let Ok(permit) = limit.clone().acquire_owned().await else {
-        return;
-    };
     let mut session = Session::new(state.clone());
     tracker.spawn(async move {
         let _permit = permit;

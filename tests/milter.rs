@@ -136,24 +136,30 @@ where
     response
 }
 
-/// The body the milter asked for (the concatenated `ReplaceBody` chunks), if any, the
-/// header values it added, and the sizes of the chunks.
-pub fn replacement(response: &ModificationResponse) -> (Option<Vec<u8>>, Vec<(String, String)>, Vec<usize>) {
-    let mut body: Option<Vec<u8>> = None;
-    let mut added = Vec::new();
-    let mut sizes = Vec::new();
+/// What the milter asked the MTA to change.
+pub struct Changes {
+    /// The concatenated `ReplaceBody` chunks, if any.
+    pub body: Option<Vec<u8>>,
+    /// Header fields added.
+    pub added: Vec<(String, String)>,
+    /// Size of each `ReplaceBody` chunk.
+    pub chunks: Vec<usize>,
+}
+
+pub fn replacement(response: &ModificationResponse) -> Changes {
+    let mut changes = Changes { body: None, added: Vec::new(), chunks: Vec::new() };
     for m in response.modifications() {
         match m {
             ModificationAction::ReplaceBody(b) => {
                 let text = b.body();
-                sizes.push(text.len());
-                body.get_or_insert_with(Vec::new).extend_from_slice(text.as_bytes());
+                changes.chunks.push(text.len());
+                changes.body.get_or_insert_with(Vec::new).extend_from_slice(text.as_bytes());
             }
-            ModificationAction::AddHeader(h) => added.push((h.name().into_owned(), h.value().into_owned())),
+            ModificationAction::AddHeader(h) => changes.added.push((h.name().into_owned(), h.value().into_owned())),
             other => panic!("unexpected modification {other:?}"),
         }
     }
-    (body, added, sizes)
+    changes
 }
 
 fn is_continue(response: &ModificationResponse) -> bool {
@@ -192,7 +198,7 @@ async fn milter_rewrites_html_in_chunks_and_keeps_the_rest() {
     let sent = Sent::parse(&message);
     let response = converse(&daemon.milter, &sent).await;
     assert!(is_continue(&response), "{:?}", response.final_action());
-    let (body, added, sizes) = replacement(&response);
+    let Changes { body, added, chunks: sizes } = replacement(&response);
     let body = body.expect("the body is replaced");
     assert!(sizes.len() >= 3 && sizes.iter().all(|&n| n < 65_536), "chunks: {sizes:?}");
     let body = String::from_utf8(body).expect("utf-8");
@@ -217,7 +223,7 @@ async fn milter_passes_plain_large_and_broken_messages() {
     // Nothing to rewrite: only the header is added.
     let plain = Sent::parse(b"From: a@sender.example\r\nTo: reader@test.example\r\nSubject: hi\r\n\r\nJust text.\r\n");
     let response = converse(&daemon.milter, &plain).await;
-    let (body, added, _) = replacement(&response);
+    let Changes { body, added, .. } = replacement(&response);
     assert!(is_continue(&response) && body.is_none());
     assert_eq!(added, vec![("X-Mailveil".to_owned(), "proxied=0; trackers=0; removed=0".to_owned())]);
 
@@ -255,7 +261,7 @@ async fn milter_tempfails_when_configured() {
     // A good message on the same daemon still goes through.
     let (message, _, _) = newsletter(3);
     let response = converse(&daemon.milter, &Sent::parse(&message)).await;
-    assert!(is_continue(&response) && replacement(&response).0.is_some());
+    assert!(is_continue(&response) && replacement(&response).body.is_some());
 }
 
 #[tokio::test]
@@ -272,7 +278,7 @@ async fn milter_on_a_unix_socket() {
     let (message, _, _) = newsletter(5);
     let stream = tokio::net::UnixStream::connect(&path).await.expect("connect");
     let response = converse_on(stream.compat(), &Sent::parse(&message)).await;
-    let (body, added, _) = replacement(&response);
+    let Changes { body, added, .. } = replacement(&response);
     assert!(body.is_some() && added.len() == 1);
     daemon.terminate();
     assert!(!path.exists(), "socket removed on shutdown");
