@@ -3,7 +3,7 @@
 //! The MTA streams each message to us as header fields and body chunks; at end of message
 //! the message is put back together, rewritten by [`crate::filter::rewrite_parts`] (the
 //! same engine and guarantees as `mailveil filter`), and the MTA is told to replace the body
-//! and add the `X-Mailveil` header. The proxied URLs are queued for prefetch, as `filter`
+//! and add the `X-Mailveil` header (deleting any that came with the message). The proxied URLs are queued for prefetch, as `filter`
 //! does. Framing is `miltr-server`'s; this module is the glue.
 //!
 //! Never a rejection, never a lost message: a message larger than `milter.max_message_bytes`
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use miltr_common::actions::{Action, Continue, Tempfail};
 use miltr_common::commands::{Body, Header};
 use miltr_common::modifications::body::ReplaceBody;
-use miltr_common::modifications::headers::AddHeader;
+use miltr_common::modifications::headers::{AddHeader, ChangeHeader};
 use miltr_common::modifications::ModificationResponse;
 use miltr_common::optneg::{Capability, OptNeg, Protocol};
 use miltr_server::{Milter, Server};
@@ -75,6 +75,8 @@ struct Session {
     body_start: Option<usize>,
     /// The message outgrew `max_message_bytes`; it will go on unchanged.
     too_large: bool,
+    /// `X-Mailveil` fields that came with the message: the sender's, not ours.
+    incoming_reports: u32,
 }
 
 impl Session {
@@ -85,6 +87,7 @@ impl Session {
             message: Vec::new(),
             body_start: None,
             too_large: false,
+            incoming_reports: 0,
         }
     }
 
@@ -92,6 +95,7 @@ impl Session {
         self.message = Vec::new();
         self.body_start = None;
         self.too_large = false;
+        self.incoming_reports = 0;
     }
 
     /// Appends to the held message unless that would pass the size bound.
@@ -144,6 +148,12 @@ impl Session {
         match result {
             Ok(Ok((filtered, changed))) => {
                 let mut builder = ModificationResponse::builder();
+                // A report that arrived with the message was written by the sender (or a
+                // relay) and would be taken for ours: delete it. Last first, so each index
+                // still names the field it named when the message came in.
+                for index in (1..=self.incoming_reports).rev() {
+                    builder.push(ChangeHeader::new(index, HEADER_NAME.as_bytes(), b""));
+                }
                 if changed {
                     for chunk in filtered.message[body_start..].chunks(REPLACE_CHUNK) {
                         builder.push(ReplaceBody::new(chunk));
@@ -213,7 +223,7 @@ impl Milter for Session {
     async fn option_negotiation(&mut self, theirs: OptNeg) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
         // Only the header fields and the body are needed: the MTA skips everything else.
         let wanted = OptNeg {
-            capabilities: Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGBODY,
+            capabilities: Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGHDRS | Capability::SMFIF_CHGBODY,
             protocol: Protocol::NO_CONNECT
                 | Protocol::NO_HELO
                 | Protocol::NO_MAIL
@@ -231,6 +241,9 @@ impl Milter for Session {
     }
 
     async fn header(&mut self, header: Header) -> Result<Action, Self::Error> {
+        if header.name().eq_ignore_ascii_case(HEADER_NAME) {
+            self.incoming_reports = self.incoming_reports.saturating_add(1);
+        }
         let mut line = Vec::with_capacity(header.name().len() + header.value().len() + 4);
         line.extend_from_slice(header.name().as_bytes());
         line.push(b':');

@@ -142,12 +142,14 @@ pub struct Changes {
     pub body: Option<Vec<u8>>,
     /// Header fields added.
     pub added: Vec<(String, String)>,
+    /// Header fields deleted (changed to an empty value): name and index.
+    pub deleted: Vec<(String, u32)>,
     /// Size of each `ReplaceBody` chunk.
     pub chunks: Vec<usize>,
 }
 
 pub fn replacement(response: &ModificationResponse) -> Changes {
-    let mut changes = Changes { body: None, added: Vec::new(), chunks: Vec::new() };
+    let mut changes = Changes { body: None, added: Vec::new(), deleted: Vec::new(), chunks: Vec::new() };
     for m in response.modifications() {
         match m {
             ModificationAction::ReplaceBody(b) => {
@@ -156,6 +158,9 @@ pub fn replacement(response: &ModificationResponse) -> Changes {
                 changes.body.get_or_insert_with(Vec::new).extend_from_slice(text.as_bytes());
             }
             ModificationAction::AddHeader(h) => changes.added.push((h.name().into_owned(), h.value().into_owned())),
+            ModificationAction::ChangeHeader(h) if h.value().is_empty() => {
+                changes.deleted.push((h.name().into_owned(), h.index()));
+            }
             other => panic!("unexpected modification {other:?}"),
         }
     }
@@ -195,10 +200,14 @@ async fn milter_rewrites_html_in_chunks_and_keeps_the_rest() {
     let daemon = MilterDaemon::start("").await;
     let (message, text_part, attachment) = newsletter(2_000);
     assert!(message.len() > 3 * 65_536, "big enough to need several frames");
-    let sent = Sent::parse(&message);
+    let mut sent = Sent::parse(&message);
+    // Reports forged by the sender are deleted, last first.
+    sent.headers.insert(1, ("X-Mailveil".into(), "proxied=999; trackers=0; removed=0".into()));
+    sent.headers.push(("x-mailveil".into(), "forged".into()));
     let response = converse(&daemon.milter, &sent).await;
     assert!(is_continue(&response), "{:?}", response.final_action());
-    let Changes { body, added, chunks: sizes } = replacement(&response);
+    let Changes { body, added, deleted, chunks: sizes } = replacement(&response);
+    assert_eq!(deleted, vec![("X-Mailveil".to_owned(), 2), ("X-Mailveil".to_owned(), 1)]);
     let body = body.expect("the body is replaced");
     assert!(sizes.len() >= 3 && sizes.iter().all(|&n| n < 65_536), "chunks: {sizes:?}");
     let body = String::from_utf8(body).expect("utf-8");

@@ -201,7 +201,9 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
 
     // 1. Through the milter: rewritten, the rest byte-identical, header added, prefetch queued.
     let (sent, text_part, attachment) = newsletter(1_500);
-    let message = sent.clone();
+    // A report forged by the sender must not survive next to ours.
+    let mut message = b"X-Mailveil: proxied=999; trackers=0; removed=0\r\n".to_vec();
+    message.extend_from_slice(&sent);
     let p = postfix.clone();
     let delivered = tokio::task::spawn_blocking(move || {
         p.submit(&message);
