@@ -25,6 +25,7 @@ use crate::config::TrackerMode;
 use crate::css::{self, UrlAction, UrlKind};
 use crate::sign::Signer;
 use crate::trackers::TrackerRules;
+use crate::weburl::WebUrl;
 
 /// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
 /// hostile input.
@@ -166,13 +167,29 @@ struct Seen {
 }
 
 /// How a reference resolved.
-enum Resolved {
+enum Resolved<'r> {
     /// Nothing remote: relative, fragment, `cid:`, an image `data:` URL, or already proxied.
     Local,
     /// An http(s) URL.
-    Remote(Url),
+    Remote(Remote<'r>),
     /// Something that must not load: another scheme, a non-image `data:` URL, unparsable.
     Bad,
+}
+
+/// A remote reference's URL: parsed, or already in the form parsing would give it (then
+/// not parsed at all, see [`WebUrl::canonical`]).
+enum Remote<'r> {
+    Parsed(Url),
+    Canonical(WebUrl<'r>),
+}
+
+impl Remote<'_> {
+    fn web(&self) -> WebUrl<'_> {
+        match self {
+            Remote::Parsed(url) => WebUrl::from(url),
+            Remote::Canonical(web) => *web,
+        }
+    }
 }
 
 /// What to do with one attribute value or URL.
@@ -196,10 +213,14 @@ impl<'e> State<'e> {
         }
     }
 
-    fn resolve(&self, raw: &str) -> Resolved {
+    fn resolve<'r>(&self, raw: &'r str) -> Resolved<'r> {
         let s = raw.trim_matches(|c: char| c.is_ascii_whitespace());
         if s.is_empty() || s.starts_with('#') || s.starts_with(self.engine.signer.prefix()) {
             return Resolved::Local;
+        }
+        // An absolute http(s) URL resolves the same with or without a base.
+        if let Some(url) = WebUrl::canonical(s) {
+            return Resolved::Remote(Remote::Canonical(url));
         }
         let parsed = match &self.base {
             Some(base) => base.join(s),
@@ -244,9 +265,10 @@ impl<'e> State<'e> {
         disposition
     }
 
-    fn remote_image(&mut self, url: Url, tiny: bool) -> Disposition {
-        let by_rule = self.engine.trackers.classify(&url).map(|m| m.host);
-        let tracker_host = by_rule.or_else(|| tiny.then(|| url.host_str().unwrap_or("").to_owned()));
+    fn remote_image(&mut self, remote: Remote<'_>, tiny: bool) -> Disposition {
+        let url = remote.web();
+        let by_rule = self.engine.trackers.classify(url).map(|m| m.host);
+        let tracker_host = by_rule.or_else(|| tiny.then(|| url.host().to_owned()));
         if let Some(host) = tracker_host {
             self.report.trackers += 1;
             self.report.tracker_hosts.insert(host);
@@ -255,8 +277,8 @@ impl<'e> State<'e> {
             }
         }
         self.report.proxied += 1;
-        let signed = self.engine.signer.sign(&url);
-        self.report.targets.insert(String::from(url));
+        let signed = self.engine.signer.sign(url);
+        self.report.targets.insert(url.as_str().to_owned());
         Disposition::Replace(signed)
     }
 
@@ -327,9 +349,9 @@ impl<'e> State<'e> {
     }
 }
 
-fn classify_scheme(url: Url) -> Resolved {
+fn classify_scheme(url: Url) -> Resolved<'static> {
     match url.scheme() {
-        "http" | "https" => Resolved::Remote(url),
+        "http" | "https" => Resolved::Remote(Remote::Parsed(url)),
         "cid" | "mid" => Resolved::Local,
         "data" if is_image_data_url(url.path()) => Resolved::Local,
         _ => Resolved::Bad,
@@ -338,7 +360,7 @@ fn classify_scheme(url: Url) -> Resolved {
 
 /// A relative reference with no base: local unless it is protocol-relative (`//host/…`),
 /// which browsers resolve against the page's scheme; we assume https.
-fn resolve_relative(s: &str) -> Resolved {
+fn resolve_relative(s: &str) -> Resolved<'static> {
     let b = s.as_bytes();
     let is_slash = |c: u8| c == b'/' || c == b'\\';
     if b.len() >= 2 && is_slash(b[0]) && is_slash(b[1]) {
