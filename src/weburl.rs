@@ -144,24 +144,18 @@ fn plain_domain_end(bytes: &[u8], start: usize) -> Option<usize> {
 /// dot segment (`.` or `..` in any of their percent-encoded spellings), which the parser
 /// resolves.
 fn path_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let path = bytes.get(start..)?;
-    let mut end = path.len();
-    for (i, &b) in path.iter().enumerate() {
-        if b == b'?' || b == b'#' {
-            end = i;
-            break;
-        }
-        if !PATH_BYTES[usize::from(b)] {
-            return None;
-        }
-        // Every segment follows a `/`; a dot segment starts with `.` or `%`.
-        if b == b'/' && matches!(path.get(i + 1), Some(b'.' | b'%')) {
-            let segment = &path[i + 1..];
-            let len = segment
-                .iter()
-                .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-                .unwrap_or(segment.len());
-            if is_dot_segment(&segment[..len]) {
+    let rest = bytes.get(start..)?;
+    let end = memchr::memchr2(b'?', b'#', rest).unwrap_or(rest.len());
+    let path = rest.get(..end)?;
+    if !path.iter().all(|&b| PATH_BYTES[usize::from(b)]) {
+        return None;
+    }
+    // Every segment follows a `/`; a dot segment starts with `.` or `%`.
+    for slash in memchr::memchr_iter(b'/', path) {
+        let segment = path.get(slash + 1..).unwrap_or_default();
+        if matches!(segment.first(), Some(b'.' | b'%')) {
+            let len = memchr::memchr(b'/', segment).unwrap_or(segment.len());
+            if is_dot_segment(segment.get(..len).unwrap_or_default()) {
                 return None;
             }
         }
