@@ -283,10 +283,13 @@ fn builtin_index() -> &'static BuiltinIndex {
 
 /// `a.b.example.com` → `example.com`; a one-label host is its own tail.
 fn last_two_labels(host: &str) -> &str {
-    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
-    match (dots.next(), dots.next()) {
-        (Some(_), Some(second)) => host.get(second + 1..).unwrap_or(host),
-        _ => host,
+    // Runs for every image of every message: `memrchr` rather than a string searcher.
+    let bytes = host.as_bytes();
+    let second = memchr::memrchr(b'.', bytes)
+        .and_then(|last| memchr::memrchr(b'.', bytes.get(..last).unwrap_or_default()));
+    match second {
+        Some(second) => host.get(second + 1..).unwrap_or(host),
+        None => host,
     }
 }
 
@@ -918,6 +921,21 @@ mod tests {
     }
 
     // --- built-in table -----------------------------------------------------
+
+    #[test]
+    fn last_two_labels_of_hosts() {
+        for (host, tail) in [
+            ("a.b.example.com", "example.com"),
+            ("example.com", "example.com"),
+            ("com", "com"),
+            ("", ""),
+            (".com", ".com"),
+            ("a..b", ".b"),
+            ("x.example.com.", "com."),
+        ] {
+            assert_eq!(last_two_labels(host), tail, "{host}");
+        }
+    }
 
     #[test]
     fn builtin_has_enough_rules() {
