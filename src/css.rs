@@ -56,7 +56,7 @@ pub fn rewrite_css<'a>(
     css: &'a str,
     decide: &mut dyn FnMut(&str, UrlKind) -> UrlAction,
 ) -> Cow<'a, str> {
-    if !may_contain_url(css) {
+    if !has_blocks_or_at_rules(css) || !may_contain_url(css) {
         return Cow::Borrowed(css);
     }
     let mut input = ParserInput::new(css);
@@ -107,6 +107,16 @@ pub fn style_hints(declarations: &str) -> StyleHints {
 
 // ---------------------------------------------------------------------------------------------
 // Fast path
+
+/// Cheapest pre-check, for the many `style` attributes like `padding:0;color:#333`: every
+/// edit the walker can record comes from a function or block (`url(`, `image-set(`,
+/// `(`, `[`, `{`) or an at-rule (`@import`), and cssparser only starts those at a literal
+/// `(`, `[`, `{` or `@` (an escaped one is part of a name). Without any of the four there
+/// is nothing to rewrite, whatever the escapes.
+fn has_blocks_or_at_rules(css: &str) -> bool {
+    let bytes = css.as_bytes();
+    memchr::memchr3(b'(', b'[', b'{', bytes).is_some() || memchr::memchr(b'@', bytes).is_some()
+}
 
 /// Cheap pre-check: a URL reference needs one of these words, or an escape that could spell
 /// one (`u\72 l(`), so input without them cannot contain anything to rewrite.
@@ -664,6 +674,39 @@ mod tests {
             assert!(may_contain_url(css), "{css}");
         }
         assert!(!may_contain_url("ur l ima ge"));
+    }
+
+    #[test]
+    fn without_blocks_or_at_rules_the_walker_has_nothing_to_do() {
+        // What `has_blocks_or_at_rules` relies on, checked against the walker itself on
+        // text built from every piece that matters to it except `(`, `[`, `{` and `@`.
+        let pieces = [
+            "url", "uRl", "\\75 rl", "\\", "image-set", "src", "import", "font-face", "\"a\"",
+            "'b'", "x", ";", ":", " ", "/*", "*/", "}", "]", ")", "\n", "\\28", "\\40", "!",
+        ];
+        let mut seed = 0x2545_f491_u32;
+        for _ in 0..2000 {
+            let mut css = String::new();
+            for _ in 0..12 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                css.push_str(pieces[(seed >> 16) as usize % pieces.len()]);
+            }
+            assert!(!has_blocks_or_at_rules(&css));
+            let mut input = ParserInput::new(&css);
+            let mut parser = Parser::new(&mut input);
+            let mut asked = false;
+            let mut decide = |_: &str, _: UrlKind| {
+                asked = true;
+                UrlAction::Remove
+            };
+            let mut rewriter = Rewriter {
+                decide: &mut decide,
+                edits: Vec::new(),
+            };
+            rewriter.walk(&mut parser, 0, Context::plain(UrlKind::Image));
+            assert!(rewriter.edits.is_empty(), "{css}");
+            assert!(!asked, "{css}");
+        }
     }
 
     #[test]

@@ -9,17 +9,23 @@
 //! Links the reader clicks (`a href`), `cid:` and `data:` images, text and layout are kept
 //! as written. This module does no I/O and no logging; MIME handling is [`crate::mime`]'s.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
-use lol_html::html_content::{Comment, ContentType, Element, TextChunk};
-use lol_html::{doc_comments, element, text, HandlerResult, HtmlRewriter, MemorySettings, Settings};
+use lol_html::html_content::{Attribute, Comment, ContentType, Element, SourceLocation, TextChunk};
+use lol_html::{
+    doc_comments, ElementContentHandlers, HandlerResult, HtmlRewriter, MemorySettings, Selector,
+    Settings,
+};
 use url::Url;
 
 use crate::config::TrackerMode;
 use crate::css::{self, UrlAction, UrlKind};
 use crate::sign::Signer;
 use crate::trackers::TrackerRules;
+use crate::weburl::WebUrl;
 
 /// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
 /// hostile input.
@@ -133,6 +139,9 @@ impl Engine {
 /// Per-document state shared by the handlers.
 struct State<'e> {
     engine: &'e Engine,
+    /// The document being rewritten: tag and attribute names and values are read from it
+    /// by their source locations instead of being copied out of `lol_html`.
+    source: &'e str,
     /// The first `<base href>`, against which relative URLs resolve.
     base: Option<Url>,
     /// How deep inside MSO comments this document is.
@@ -158,13 +167,29 @@ struct Seen {
 }
 
 /// How a reference resolved.
-enum Resolved {
+enum Resolved<'r> {
     /// Nothing remote: relative, fragment, `cid:`, an image `data:` URL, or already proxied.
     Local,
     /// An http(s) URL.
-    Remote(Url),
+    Remote(Remote<'r>),
     /// Something that must not load: another scheme, a non-image `data:` URL, unparsable.
     Bad,
+}
+
+/// A remote reference's URL: parsed, or already in the form parsing would give it (then
+/// not parsed at all, see [`WebUrl::canonical`]).
+enum Remote<'r> {
+    Parsed(Url),
+    Canonical(WebUrl<'r>),
+}
+
+impl Remote<'_> {
+    fn web(&self) -> WebUrl<'_> {
+        match self {
+            Remote::Parsed(url) => WebUrl::from(url),
+            Remote::Canonical(web) => *web,
+        }
+    }
 }
 
 /// What to do with one attribute value or URL.
@@ -175,22 +200,34 @@ enum Disposition {
     Remove,
 }
 
+/// The image memo, sized for the document up front: growing it from empty rehashes every
+/// key (SipHash over a whole URL) several times over. About one distinct reference per
+/// 512 bytes of markup is typical of newsletters.
+fn memo_for(source: &str) -> std::collections::HashMap<String, Seen> {
+    std::collections::HashMap::with_capacity((source.len() / 512).min(4096))
+}
+
 impl<'e> State<'e> {
-    fn new(engine: &'e Engine, base: Option<Url>, depth: usize) -> Self {
+    fn new(engine: &'e Engine, source: &'e str, base: Option<Url>, depth: usize) -> Self {
         Self {
             engine,
+            source,
             base,
             depth,
             raw_text: String::new(),
             report: Report::default(),
-            memo: Default::default(),
+            memo: [memo_for(source), Default::default()],
         }
     }
 
-    fn resolve(&self, raw: &str) -> Resolved {
+    fn resolve<'r>(&self, raw: &'r str) -> Resolved<'r> {
         let s = raw.trim_matches(|c: char| c.is_ascii_whitespace());
         if s.is_empty() || s.starts_with('#') || s.starts_with(self.engine.signer.prefix()) {
             return Resolved::Local;
+        }
+        // An absolute http(s) URL resolves the same with or without a base.
+        if let Some(url) = WebUrl::canonical(s) {
+            return Resolved::Remote(Remote::Canonical(url));
         }
         let parsed = match &self.base {
             Some(base) => base.join(s),
@@ -235,9 +272,10 @@ impl<'e> State<'e> {
         disposition
     }
 
-    fn remote_image(&mut self, url: Url, tiny: bool) -> Disposition {
-        let by_rule = self.engine.trackers.classify(&url).map(|m| m.host);
-        let tracker_host = by_rule.or_else(|| tiny.then(|| url.host_str().unwrap_or("").to_owned()));
+    fn remote_image(&mut self, remote: Remote<'_>, tiny: bool) -> Disposition {
+        let url = remote.web();
+        let by_rule = self.engine.trackers.classify(url).map(|m| m.host);
+        let tracker_host = by_rule.or_else(|| tiny.then(|| url.host().to_owned()));
         if let Some(host) = tracker_host {
             self.report.trackers += 1;
             self.report.tracker_hosts.insert(host);
@@ -246,8 +284,8 @@ impl<'e> State<'e> {
             }
         }
         self.report.proxied += 1;
-        let signed = self.engine.signer.sign(&url);
-        self.report.targets.insert(String::from(url));
+        let signed = self.engine.signer.sign(url);
+        self.report.targets.insert(url.as_str().to_owned());
         Disposition::Replace(signed)
     }
 
@@ -277,31 +315,50 @@ impl<'e> State<'e> {
         })
     }
 
-    /// Rewrites a `srcset` value candidate by candidate, keeping descriptors.
+    /// Rewrites a `srcset` value candidate by candidate, keeping descriptors. The kept
+    /// candidates are written as `url descriptors`, joined by `, `.
     fn srcset(&mut self, value: &str, tiny: bool) -> Disposition {
         let mut changed = false;
-        let mut kept = Vec::new();
+        let mut kept = 0usize;
+        let mut out = String::new();
         for (url, descriptors) in parse_srcset(value) {
-            match self.image(url, tiny) {
-                Disposition::Keep => kept.push(join_candidate(url, descriptors)),
+            let replaced;
+            let url = match self.image(url, tiny) {
+                Disposition::Keep => url,
                 Disposition::Replace(new) => {
                     changed = true;
-                    kept.push(join_candidate(&new, descriptors));
+                    replaced = new;
+                    replaced.as_str()
                 }
-                Disposition::Remove => changed = true,
+                Disposition::Remove => {
+                    changed = true;
+                    continue;
+                }
+            };
+            if kept > 0 {
+                out.push_str(", ");
+            } else {
+                // Signed URLs are longer than the originals.
+                out.reserve(value.len() * 2);
+            }
+            kept += 1;
+            out.push_str(url);
+            if !descriptors.is_empty() {
+                out.push(' ');
+                out.push_str(descriptors);
             }
         }
-        match (changed, kept.is_empty()) {
+        match (changed, kept) {
             (false, _) => Disposition::Keep,
-            (true, true) => Disposition::Remove,
-            (true, false) => Disposition::Replace(kept.join(", ")),
+            (true, 0) => Disposition::Remove,
+            (true, _) => Disposition::Replace(out),
         }
     }
 }
 
-fn classify_scheme(url: Url) -> Resolved {
+fn classify_scheme(url: Url) -> Resolved<'static> {
     match url.scheme() {
-        "http" | "https" => Resolved::Remote(url),
+        "http" | "https" => Resolved::Remote(Remote::Parsed(url)),
         "cid" | "mid" => Resolved::Local,
         "data" if is_image_data_url(url.path()) => Resolved::Local,
         _ => Resolved::Bad,
@@ -310,7 +367,7 @@ fn classify_scheme(url: Url) -> Resolved {
 
 /// A relative reference with no base: local unless it is protocol-relative (`//host/…`),
 /// which browsers resolve against the page's scheme; we assume https.
-fn resolve_relative(s: &str) -> Resolved {
+fn resolve_relative(s: &str) -> Resolved<'static> {
     let b = s.as_bytes();
     let is_slash = |c: u8| c == b'/' || c == b'\\';
     if b.len() >= 2 && is_slash(b[0]) && is_slash(b[1]) {
@@ -366,14 +423,6 @@ fn descriptors_end(s: &str) -> usize {
     s.len()
 }
 
-fn join_candidate(url: &str, descriptors: &str) -> String {
-    if descriptors.is_empty() {
-        url.to_owned()
-    } else {
-        format!("{url} {descriptors}")
-    }
-}
-
 /// How `lol_html` treats markup whose parsing context it cannot know without a DOM.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Parsing {
@@ -395,7 +444,7 @@ fn rewrite_document(
 ) -> Result<Rewritten, HtmlError> {
     let mut last_error = None;
     for parsing in [Parsing::Strict, Parsing::Lenient] {
-        let state = RefCell::new(State::new(engine, base.clone(), depth));
+        let state = RefCell::new(State::new(engine, html, base.clone(), depth));
         match run_rewriter(html, &state, parsing) {
             Ok(html) => {
                 return Ok(Rewritten {
@@ -409,6 +458,34 @@ fn rewrite_document(
     Err(last_error.unwrap_or(HtmlError::Encoding))
 }
 
+/// The selectors of [`run_rewriter`]'s handlers, parsed once: every document (and every
+/// MSO comment, which is rewritten as a document of its own) would parse them again.
+struct Selectors {
+    every_element: Selector,
+    style: Selector,
+    /// Raw-text elements whose text a client may render as markup (see [`Parsing`]).
+    fallback_strict: Selector,
+    fallback_lenient: Selector,
+}
+
+fn selectors() -> &'static Selectors {
+    static SELECTORS: OnceLock<Selectors> = OnceLock::new();
+    SELECTORS.get_or_init(|| {
+        // Constant, valid selectors: `run_rewriter` runs on every test document, so a typo
+        // here fails every test rather than a message.
+        #[allow(clippy::expect_used)]
+        let parse = |s: &str| s.parse::<Selector>().expect("constant selector parses");
+        Selectors {
+            every_element: parse("*"),
+            style: parse("style"),
+            fallback_strict: parse("noscript, noembed, noframes"),
+            fallback_lenient: parse(
+                "noscript, noembed, noframes, xmp, textarea, title, plaintext",
+            ),
+        }
+    })
+}
+
 /// Runs `lol_html` over `html` with our handlers.
 fn run_rewriter(
     html: &str,
@@ -416,16 +493,27 @@ fn run_rewriter(
     parsing: Parsing,
 ) -> Result<String, HtmlError> {
     let mut out = Vec::with_capacity(html.len() + html.len() / 4);
-    let fallback_selector = match parsing {
-        Parsing::Strict => "noscript, noembed, noframes",
-        Parsing::Lenient => "noscript, noembed, noframes, xmp, textarea, title, plaintext",
+    let selectors = selectors();
+    let fallback = match parsing {
+        Parsing::Strict => &selectors.fallback_strict,
+        Parsing::Lenient => &selectors.fallback_lenient,
     };
     let settings = Settings::new()
-        .append_element_content_handler(element!("*", |el| on_element(state, el)))
-        .append_element_content_handler(text!("style", |chunk| on_style_text(state, chunk)))
-        .append_element_content_handler(text!(fallback_selector, |chunk| {
-            on_fallback_text(state, chunk)
-        }))
+        .append_element_content_handler((
+            Cow::Borrowed(&selectors.every_element),
+            ElementContentHandlers::default()
+                .element(|el: &mut Element<'_, '_>| on_element(state, el)),
+        ))
+        .append_element_content_handler((
+            Cow::Borrowed(&selectors.style),
+            ElementContentHandlers::default()
+                .text(|chunk: &mut TextChunk<'_>| on_style_text(state, chunk)),
+        ))
+        .append_element_content_handler((
+            Cow::Borrowed(fallback),
+            ElementContentHandlers::default()
+                .text(|chunk: &mut TextChunk<'_>| on_fallback_text(state, chunk)),
+        ))
         .append_document_content_handler(doc_comments!(|c| on_comment(state, c)))
         .with_strict(parsing == Parsing::Strict)
         .with_memory_settings(
@@ -448,14 +536,14 @@ fn removed_with_content(tag: &str) -> bool {
 }
 
 fn on_element(state: &RefCell<State<'_>>, el: &mut Element<'_, '_>) -> HandlerResult {
-    let tag = el.tag_name();
     let mut st = state.borrow_mut();
+    let tag = tag_name(st.source, el);
     if removed_with_content(&tag) {
         st.report.removed += 1;
         el.remove();
         return Ok(());
     }
-    match tag.as_str() {
+    match &*tag {
         "object" => {
             // Its fallback content is ordinary markup, rewritten like the rest.
             st.report.removed += 1;
@@ -486,7 +574,7 @@ fn on_base(st: &mut State<'_>, el: &mut Element<'_, '_>) -> HandlerResult {
             if let Ok(url) = Url::parse(decode_entities(&href).trim()) {
                 if matches!(url.scheme(), "http" | "https") {
                     st.base = Some(url);
-                    st.memo = Default::default();
+                    st.memo = [memo_for(st.source), Default::default()];
                 }
             }
         }
@@ -545,14 +633,15 @@ fn animates_reference(el: &Element<'_, '_>) -> bool {
 fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -> HandlerResult {
     let svg = el.namespace_uri() == SVG_NAMESPACE;
     let has_base = st.base.is_some();
-    // Values are copied only for the attributes that can matter: most attributes of a
+    let source = st.source;
+    // Only the attributes that can matter are looked at further: most attributes of a
     // newsletter (class, align, width, cellpadding…) never do, and this runs per element.
-    let attrs: Vec<(String, String)> = el
+    let attrs: Vec<(Cow<'_, str>, Cow<'_, str>)> = el
         .attributes()
         .iter()
         .filter_map(|a| {
-            let name = a.name();
-            is_relevant(&name, tag, svg, has_base).then(|| (name, a.value()))
+            let name = attribute_name(source, a);
+            is_relevant(&name, tag, svg, has_base).then(|| (name, attribute_value(source, a)))
         })
         .collect();
     if attrs.is_empty() {
@@ -560,8 +649,9 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
     }
     let tiny = tag == "img" && looks_like_pixel(&attrs);
     for (name, raw) in &attrs {
+        let name: &str = name;
         let value = decode_entities(raw);
-        let disposition = match name.as_str() {
+        let disposition = match name {
             n if n.starts_with("on") => Disposition::Remove,
             "src" | "lowsrc" | "dynsrc" => match tag {
                 "video" | "audio" | "source" | "track" => st.other_load(&value),
@@ -590,6 +680,63 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
         }
     }
     Ok(())
+}
+
+/// The element's tag name, lowercased, read from the source when it is plain ASCII.
+/// `lol_html`'s [`Element::tag_name`] allocates and decodes a new `String` for every
+/// element; this borrows unless the name has capitals or anything unusual in it.
+fn tag_name<'s>(source: &'s str, el: &Element<'_, '_>) -> Cow<'s, str> {
+    let start = el.source_location().bytes().start + 1;
+    let name = source
+        .get(start - 1..start)
+        .filter(|open| *open == "<")
+        .and_then(|_| source.get(start..))
+        .map(|rest| {
+            let is_end = |c: char| matches!(c, '\t' | '\n' | '\x0c' | '\r' | ' ' | '/' | '>');
+            rest.find(is_end).map_or(rest, |end| &rest[..end])
+        })
+        .filter(|name| {
+            let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b':';
+            !name.is_empty() && name.bytes().all(plain)
+        });
+    let found = match name {
+        Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Owned(name.to_ascii_lowercase())
+        }
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(el.tag_name()),
+    };
+    debug_assert_eq!(found, el.tag_name());
+    found
+}
+
+/// An attribute's name, lowercased, borrowed from the source when it is plain ASCII.
+fn attribute_name<'s>(source: &'s str, attr: &Attribute<'_>) -> Cow<'s, str> {
+    let found = match from_source(source, attr.name_source_location()) {
+        Some(name) if !name.is_ascii() => Cow::Owned(attr.name()),
+        Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Owned(name.to_ascii_lowercase())
+        }
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(attr.name()),
+    };
+    debug_assert_eq!(found, attr.name());
+    found
+}
+
+/// An attribute's raw value (entities not decoded), borrowed from the source. A value that
+/// starts with a byte-order mark is left to `lol_html`, whose decoder drops it.
+fn attribute_value<'s>(source: &'s str, attr: &Attribute<'_>) -> Cow<'s, str> {
+    let found = match from_source(source, attr.value_source_location()) {
+        Some(value) if !value.starts_with('\u{feff}') => Cow::Borrowed(value),
+        _ => Cow::Owned(attr.value()),
+    };
+    debug_assert_eq!(found, attr.value());
+    found
+}
+
+fn from_source(source: &str, location: Option<SourceLocation>) -> Option<&str> {
+    source.get(location?.bytes())
 }
 
 /// Attributes that can load something (or that pixel detection reads).
@@ -687,8 +834,8 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 }
 
 /// Markup hints of a tracking pixel: a 0 or 1 pixel size, or hidden by CSS.
-fn looks_like_pixel(attrs: &[(String, String)]) -> bool {
-    let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+fn looks_like_pixel(attrs: &[(Cow<'_, str>, Cow<'_, str>)]) -> bool {
+    let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_ref());
     let width = get("width").and_then(parse_pixels);
     let height = get("height").and_then(parse_pixels);
     let hints = get("style").map(|s| css::style_hints(&decode_entities(s))).unwrap_or_default();
@@ -829,10 +976,10 @@ mod tests {
 
     #[test]
     fn pixel_hints() {
-        let attrs = |pairs: &[(&str, &str)]| {
+        let attrs = |pairs: &[(&'static str, &'static str)]| {
             pairs
                 .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .map(|&(a, b)| (Cow::Borrowed(a), Cow::Borrowed(b)))
                 .collect::<Vec<_>>()
         };
         assert!(looks_like_pixel(&attrs(&[("width", "1"), ("height", "1px")])));
@@ -845,6 +992,24 @@ mod tests {
     fn untouched_markup_is_byte_identical() {
         let html = "<!DOCTYPE html><p class=x>Hi &amp; <a href=\"https://e.example/\">link</a><img src=\"cid:a\"></p>";
         assert_eq!(rewrite(html).html, html);
+    }
+
+    #[test]
+    fn names_and_values_are_read_from_the_source_as_lol_html_reads_them() {
+        // `tag_name`, `attribute_name` and `attribute_value` debug-assert that they agree
+        // with `lol_html`'s own accessors; these are the spellings where they could differ.
+        let html = concat!(
+            "<IMG SRC=\"https://a.example/1.png\" Style=\"background:url(https://a.example/2.png)\">",
+            "<img src=\"\u{feff}https://a.example/3.png\" alt hidden>",
+            "<img \u{e9}src=\"https://a.example/4.png\" src=https://a.example/5.png>",
+            "<Svg><Image XLINK:HREF=\"https://a.example/6.png\"/></Svg>",
+            "<img\nsrc=\"https://a.example/7.png\"/><p\u{0}x style=\"\">",
+            "<td background='https://a.example/8.png'><img/src=https://a.example/9.png>",
+        );
+        let out = rewrite(html);
+        for n in [1, 2, 5, 6, 7, 8, 9] {
+            assert!(!out.html.contains(&format!("a.example/{n}.png")), "{n}: {}", out.html);
+        }
     }
 
     #[test]

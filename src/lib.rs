@@ -24,3 +24,4 @@ pub mod server;
 pub mod sign;
 pub mod spool;
 pub mod trackers;
+pub mod weburl;

@@ -16,6 +16,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use url::Url;
 
+use crate::weburl::WebUrl;
+
 /// Bytes of MAC carried in a URL (128 bits).
 const TAG_LEN: usize = 16;
 /// Separates our MACs from any other use of the same key.
@@ -190,8 +192,9 @@ impl Signer {
         &self.prefix
     }
 
-    /// The proxy URL for `target`.
-    pub fn sign(&self, target: &Url) -> String {
+    /// The proxy URL for `target`, a parsed [`Url`] or a [`WebUrl`].
+    pub fn sign<'u>(&self, target: impl Into<WebUrl<'u>>) -> String {
+        let target = target.into();
         let tag = mac(&self.current, target.as_str());
         let mut out = String::with_capacity(self.prefix.len() + 24 + target.as_str().len() * 4 / 3 + 4);
         out.push_str(&self.prefix);

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 
-use url::{Position, Url};
+use url::form_urlencoded;
+
+use crate::weburl::WebUrl;
 
 /// Where a matching rule came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +193,7 @@ static BUILTIN_RULES: &[BuiltinRule] = &[
 
 impl BuiltinRule {
     /// Whether this rule matches a URL with the given (normalised) host.
-    fn matches(&self, host: &str, url: &Url) -> bool {
+    fn matches(&self, host: &str, url: &WebUrl<'_>) -> bool {
         host_suffix_matches(self.host, host)
             && self.path_matches(&url.path().to_ascii_lowercase())
             && self.query_matches(url)
@@ -208,10 +210,12 @@ impl BuiltinRule {
     }
 
     /// Applies the optional query-key constraint.
-    fn query_matches(&self, url: &Url) -> bool {
+    fn query_matches(&self, url: &WebUrl<'_>) -> bool {
         match self.query_key {
             None => true,
-            Some(key) => url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case(key)),
+            // What `Url::query_pairs` does.
+            Some(key) => form_urlencoded::parse(url.query().unwrap_or("").as_bytes())
+                .any(|(k, _)| k.eq_ignore_ascii_case(key)),
         }
     }
 
@@ -279,10 +283,13 @@ fn builtin_index() -> &'static BuiltinIndex {
 
 /// `a.b.example.com` → `example.com`; a one-label host is its own tail.
 fn last_two_labels(host: &str) -> &str {
-    let mut dots = host.rmatch_indices('.').map(|(i, _)| i);
-    match (dots.next(), dots.next()) {
-        (Some(_), Some(second)) => host.get(second + 1..).unwrap_or(host),
-        _ => host,
+    // Runs for every image of every message: `memrchr` rather than a string searcher.
+    let bytes = host.as_bytes();
+    let second = memchr::memrchr(b'.', bytes)
+        .and_then(|last| memchr::memrchr(b'.', bytes.get(..last).unwrap_or_default()));
+    match second {
+        Some(second) => host.get(second + 1..).unwrap_or(host),
+        None => host,
     }
 }
 
@@ -301,13 +308,9 @@ struct Subject {
 impl Subject {
     /// Prepares `url`, dropping a trailing FQDN dot from the host so that
     /// `list-manage.com.` cannot slip past rules written for `list-manage.com`.
-    fn new(url: &Url) -> Self {
+    fn new(url: &WebUrl<'_>) -> Self {
         let text = url.as_str();
-        // `Position` slicing uses the offsets `url` recorded while parsing
-        // its own serialisation, so it is always in bounds (host-less URLs
-        // give an empty span).
-        let start = url[..Position::BeforeHost].len();
-        let mut end = url[..Position::AfterHost].len();
+        let std::ops::Range { start, mut end } = url.host_range();
         let mut exact = text.to_owned();
         if end > start && text.as_bytes().get(end - 1) == Some(&b'.') {
             if let (Some(head), Some(tail)) = (text.get(..end - 1), text.get(end..)) {
@@ -830,21 +833,24 @@ impl TrackerRules {
     /// Classifies `url`; None when no rule matches or an exception (`@@`)
     /// rule matches. Exceptions override built-in rules too, so a list can
     /// whitelist an endpoint the built-in table gets wrong.
-    pub fn classify(&self, url: &Url) -> Option<TrackerMatch> {
+    ///
+    /// `url` is a parsed [`url::Url`] or a [`WebUrl`].
+    pub fn classify<'u>(&self, url: impl Into<WebUrl<'u>>) -> Option<TrackerMatch> {
+        let url = url.into();
         // The common case — no built-in rule for this host and no lists — must stay cheap:
         // it runs for every image of every message. The `url` crate lowercases domains.
-        let host = url.host_str().unwrap_or("").trim_end_matches('.');
-        let builtin = self.builtin_hit(host, url);
+        let host = url.host().trim_end_matches('.');
+        let builtin = self.builtin_hit(host, &url);
         if builtin.is_none() && self.block.len() == 0 {
             return None;
         }
-        let subject = Subject::new(url);
+        let subject = Subject::new(&url);
         let (rule, source) = builtin.or_else(|| self.list_hit(&subject))?;
         if self.allow.len() > 0 && self.allow.find(&subject).is_some() {
             return None;
         }
         Some(TrackerMatch {
-            host: url.host_str().unwrap_or("").to_ascii_lowercase(),
+            host: url.host().to_ascii_lowercase(),
             rule,
             source,
         })
@@ -852,7 +858,7 @@ impl TrackerRules {
 
     /// First matching built-in rule, as (rule text, source). Only the rules filed under
     /// the host's last two labels (and the few with a wildcard there) are tried.
-    fn builtin_hit(&self, host: &str, url: &Url) -> Option<(String, RuleSource)> {
+    fn builtin_hit(&self, host: &str, url: &WebUrl<'_>) -> Option<(String, RuleSource)> {
         if host.is_empty() || self.builtin.is_empty() {
             return None;
         }
@@ -894,6 +900,8 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    use url::Url;
+
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
     }
@@ -913,6 +921,21 @@ mod tests {
     }
 
     // --- built-in table -----------------------------------------------------
+
+    #[test]
+    fn last_two_labels_of_hosts() {
+        for (host, tail) in [
+            ("a.b.example.com", "example.com"),
+            ("example.com", "example.com"),
+            ("com", "com"),
+            ("", ""),
+            (".com", ".com"),
+            ("a..b", ".b"),
+            ("x.example.com.", "com."),
+        ] {
+            assert_eq!(last_two_labels(host), tail, "{host}");
+        }
+    }
 
     #[test]
     fn builtin_has_enough_rules() {
