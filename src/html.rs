@@ -146,6 +146,8 @@ struct State<'e> {
     base: Option<Url>,
     /// How deep inside MSO comments this document is.
     depth: usize,
+    /// Scratch space for the relevant attributes of one element, reused across elements.
+    attrs: Vec<(Cow<'e, str>, Cow<'e, str>)>,
     /// Text of the raw-text element (`<style>`, `<noscript>`…) being collected; they cannot
     /// nest, so one buffer serves all.
     raw_text: String,
@@ -214,6 +216,7 @@ impl<'e> State<'e> {
             source,
             base,
             depth,
+            attrs: Vec::new(),
             raw_text: String::new(),
             report: Report::default(),
             memo: [memo_for(source), Default::default()],
@@ -635,20 +638,32 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
     let has_base = st.base.is_some();
     let source = st.source;
     // Only the attributes that can matter are looked at further: most attributes of a
-    // newsletter (class, align, width, cellpadding…) never do, and this runs per element.
-    let attrs: Vec<(Cow<'_, str>, Cow<'_, str>)> = el
-        .attributes()
-        .iter()
-        .filter_map(|a| {
-            let name = attribute_name(source, a);
-            is_relevant(&name, tag, svg, has_base).then(|| (name, attribute_value(source, a)))
-        })
-        .collect();
+    // newsletter (class, align, width, cellpadding…) never do, and this runs per element,
+    // so the list goes into a buffer kept across elements.
+    let mut attrs = std::mem::take(&mut st.attrs);
+    attrs.extend(el.attributes().iter().filter_map(|a| {
+        let name = attribute_name(source, a);
+        is_relevant(&name, tag, svg, has_base).then(|| (name, attribute_value(source, a)))
+    }));
+    let result = rewrite_relevant(st, el, tag, svg, &attrs);
+    attrs.clear();
+    st.attrs = attrs;
+    result
+}
+
+/// Rewrites the `attrs` of `el` that [`is_relevant`] picked.
+fn rewrite_relevant(
+    st: &mut State<'_>,
+    el: &mut Element<'_, '_>,
+    tag: &str,
+    svg: bool,
+    attrs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> HandlerResult {
     if attrs.is_empty() {
         return Ok(());
     }
-    let tiny = tag == "img" && looks_like_pixel(&attrs);
-    for (name, raw) in &attrs {
+    let tiny = tag == "img" && looks_like_pixel(attrs);
+    for (name, raw) in attrs {
         let name: &str = name;
         let value = decode_entities(raw);
         let disposition = match name {
