@@ -399,7 +399,8 @@ fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
         if rest.is_empty() {
             return out;
         }
-        let url_end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        // Byte scans: every delimiter here is ASCII, so each split is on a char boundary.
+        let url_end = rest.bytes().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
         let (url, after) = rest.split_at(url_end);
         if url.ends_with(',') {
             out.push((url.trim_end_matches(','), ""));
@@ -415,11 +416,11 @@ fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
 
 fn descriptors_end(s: &str) -> usize {
     let mut depth = 0usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => return i,
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => return i,
             _ => {}
         }
     }
