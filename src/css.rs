@@ -467,21 +467,25 @@ fn scan_prelude<'i>(p: &mut Parser<'i, '_>) -> Prelude<'i> {
 /// control characters and `<`/`>` are hex-escaped so the result cannot end a `<style>`
 /// element or confuse an HTML serializer.
 fn url_literal(url: &str) -> String {
+    let needs_escape = |b: u8| matches!(b, b'"' | b'\\' | b'\0'..=b'\x1f' | b'\x7f' | b'<' | b'>');
     let mut out = String::with_capacity(url.len() + 7);
     out.push_str("url(\"");
-    for c in url.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\0'..='\x1f' | '\x7f' | '<' | '>' => {
-                // The trailing space terminates the hex escape; CSS swallows it.
-                let _ = write!(out, "\\{:x} ", u32::from(c));
-            }
-            _ => out.push(c),
+    let mut rest = url;
+    // Runs without anything to escape (all of a proxy URL) are copied whole.
+    while let Some(at) = rest.bytes().position(needs_escape) {
+        // `at` is an ASCII byte, so both slices are on character boundaries.
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let c = rest.as_bytes().get(at).copied().unwrap_or_default();
+        if c == b'"' || c == b'\\' {
+            out.push('\\');
+            out.push(char::from(c));
+        } else {
+            // The trailing space terminates the hex escape; CSS swallows it.
+            let _ = write!(out, "\\{c:x} ");
         }
+        rest = rest.get(at + 1..).unwrap_or_default();
     }
+    out.push_str(rest);
     out.push_str("\")");
     out
 }
@@ -707,6 +711,15 @@ mod tests {
             assert!(rewriter.edits.is_empty(), "{css}");
             assert!(!asked, "{css}");
         }
+    }
+
+    #[test]
+    fn url_literal_escapes_what_could_end_the_token_or_the_element() {
+        assert_eq!(
+            url_literal("https://p.example/i/x?a=\"b\\c\n<d>\u{7f}\u{e9}"),
+            "url(\"https://p.example/i/x?a=\\\"b\\\\c\\a \\3c d\\3e \\7f \u{e9}\")"
+        );
+        assert_eq!(url_literal(""), "url(\"\")");
     }
 
     #[test]

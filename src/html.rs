@@ -22,7 +22,7 @@ use lol_html::{
 use url::Url;
 
 use crate::config::TrackerMode;
-use crate::css::{self, UrlAction, UrlKind};
+use crate::css::{self, StyleHints, UrlAction, UrlKind};
 use crate::sign::Signer;
 use crate::trackers::TrackerRules;
 use crate::weburl::WebUrl;
@@ -146,6 +146,11 @@ struct State<'e> {
     base: Option<Url>,
     /// How deep inside MSO comments this document is.
     depth: usize,
+    /// Style hints already read in this document, by raw `style` value: templated mail
+    /// repeats the same inline styles on its images. SipHash, as for `memo`.
+    style_memo: std::collections::HashMap<String, StyleHints>,
+    /// Scratch space for the relevant attributes of one element, reused across elements.
+    attrs: Vec<(Cow<'e, str>, Cow<'e, str>)>,
     /// Text of the raw-text element (`<style>`, `<noscript>`…) being collected; they cannot
     /// nest, so one buffer serves all.
     raw_text: String,
@@ -214,6 +219,8 @@ impl<'e> State<'e> {
             source,
             base,
             depth,
+            style_memo: Default::default(),
+            attrs: Vec::new(),
             raw_text: String::new(),
             report: Report::default(),
             memo: [memo_for(source), Default::default()],
@@ -287,6 +294,16 @@ impl<'e> State<'e> {
         let signed = self.engine.signer.sign(url);
         self.report.targets.insert(url.as_str().to_owned());
         Disposition::Replace(signed)
+    }
+
+    /// The layout hints of a raw `style` value (entities not yet decoded).
+    fn style_hints(&mut self, raw: &str) -> StyleHints {
+        if let Some(hints) = self.style_memo.get(raw) {
+            return *hints;
+        }
+        let hints = css::style_hints(&decode_entities(raw));
+        self.style_memo.insert(raw.to_owned(), hints);
+        hints
     }
 
     /// A reference that would load something we do not proxy: removed unless local.
@@ -396,7 +413,8 @@ fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
         if rest.is_empty() {
             return out;
         }
-        let url_end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        // Byte scans: every delimiter here is ASCII, so each split is on a char boundary.
+        let url_end = rest.bytes().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
         let (url, after) = rest.split_at(url_end);
         if url.ends_with(',') {
             out.push((url.trim_end_matches(','), ""));
@@ -412,11 +430,11 @@ fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
 
 fn descriptors_end(s: &str) -> usize {
     let mut depth = 0usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => return i,
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => return i,
             _ => {}
         }
     }
@@ -635,20 +653,32 @@ fn rewrite_attributes(st: &mut State<'_>, el: &mut Element<'_, '_>, tag: &str) -
     let has_base = st.base.is_some();
     let source = st.source;
     // Only the attributes that can matter are looked at further: most attributes of a
-    // newsletter (class, align, width, cellpadding…) never do, and this runs per element.
-    let attrs: Vec<(Cow<'_, str>, Cow<'_, str>)> = el
-        .attributes()
-        .iter()
-        .filter_map(|a| {
-            let name = attribute_name(source, a);
-            is_relevant(&name, tag, svg, has_base).then(|| (name, attribute_value(source, a)))
-        })
-        .collect();
+    // newsletter (class, align, width, cellpadding…) never do, and this runs per element,
+    // so the list goes into a buffer kept across elements.
+    let mut attrs = std::mem::take(&mut st.attrs);
+    attrs.extend(el.attributes().iter().filter_map(|a| {
+        let name = attribute_name(source, a);
+        is_relevant(&name, tag, svg, has_base).then(|| (name, attribute_value(source, a)))
+    }));
+    let result = rewrite_relevant(st, el, tag, svg, &attrs);
+    attrs.clear();
+    st.attrs = attrs;
+    result
+}
+
+/// Rewrites the `attrs` of `el` that [`is_relevant`] picked.
+fn rewrite_relevant(
+    st: &mut State<'_>,
+    el: &mut Element<'_, '_>,
+    tag: &str,
+    svg: bool,
+    attrs: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> HandlerResult {
     if attrs.is_empty() {
         return Ok(());
     }
-    let tiny = tag == "img" && looks_like_pixel(&attrs);
-    for (name, raw) in &attrs {
+    let tiny = tag == "img" && looks_like_pixel(attrs, |style| st.style_hints(style));
+    for (name, raw) in attrs {
         let name: &str = name;
         let value = decode_entities(raw);
         let disposition = match name {
@@ -834,11 +864,15 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 }
 
 /// Markup hints of a tracking pixel: a 0 or 1 pixel size, or hidden by CSS.
-fn looks_like_pixel(attrs: &[(Cow<'_, str>, Cow<'_, str>)]) -> bool {
+/// `style_hints` reads a raw `style` value.
+fn looks_like_pixel(
+    attrs: &[(Cow<'_, str>, Cow<'_, str>)],
+    style_hints: impl FnOnce(&str) -> StyleHints,
+) -> bool {
     let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_ref());
     let width = get("width").and_then(parse_pixels);
     let height = get("height").and_then(parse_pixels);
-    let hints = get("style").map(|s| css::style_hints(&decode_entities(s))).unwrap_or_default();
+    let hints = get("style").map(style_hints).unwrap_or_default();
     let width = hints.width_px.or(width);
     let height = hints.height_px.or(height);
     let tiny = |v: Option<f32>| v.is_some_and(|v| v <= 1.0);
@@ -982,10 +1016,13 @@ mod tests {
                 .map(|&(a, b)| (Cow::Borrowed(a), Cow::Borrowed(b)))
                 .collect::<Vec<_>>()
         };
-        assert!(looks_like_pixel(&attrs(&[("width", "1"), ("height", "1px")])));
-        assert!(looks_like_pixel(&attrs(&[("width", "0")])));
-        assert!(!looks_like_pixel(&attrs(&[("width", "1")])));
-        assert!(!looks_like_pixel(&attrs(&[("width", "600"), ("height", "1")])));
+        let pixel = |pairs| looks_like_pixel(&attrs(pairs), css::style_hints);
+        assert!(pixel(&[("width", "1"), ("height", "1px")]));
+        assert!(pixel(&[("width", "0")]));
+        assert!(!pixel(&[("width", "1")]));
+        assert!(!pixel(&[("width", "600"), ("height", "1")]));
+        assert!(pixel(&[("width", "600"), ("style", "height:0")]));
+        assert!(!pixel(&[("width", "1"), ("height", "1"), ("style", "width:10px")]));
     }
 
     #[test]
