@@ -307,9 +307,9 @@ fn spawn_milter(
     Ok(tokio::spawn(milter::run(listener, state, config.server.max_connections, stop)))
 }
 
-/// On SIGHUP, re-reads the config file and the keys (and tracker lists for the API) and
-/// swaps them in; connections stay open. Listen addresses and limits need a restart. A bad
-/// new config is reported and the running one kept.
+/// On SIGHUP, re-reads the config file and the keys (and the tracker lists the API and the
+/// milter use) and swaps them in; connections stay open. Listen addresses and limits need a
+/// restart. A bad new config is reported and the running one kept.
 fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, engine: Option<Arc<SharedEngine>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
