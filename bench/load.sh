@@ -19,15 +19,24 @@
 #      mailveil's mailveil_cache_hits_total{tier="memory"} grows).
 #   5. For each image x connections (1 16 64 256) runs wrk against mailveil, then nginx
 #      (alternating, so drift hits both), and prints req/s, the ratio and p99 latency.
+#      Then the same at equal offered load: 16 connections that each wait 1 ms between
+#      requests (bench/pace.lua), so p99 is compared at the same request rate.
 #   6. Reports mailveil's RSS (idle, warm, after the run) and nginx's.
 #
 # Environment: DURATION (seconds per wrk step, default 8; --quick sets 2), CONNS
-# (default "1 16 64 256"), THREADS (wrk threads, default 2), KEEP=1 keeps the temp dir.
+# (default "1 16 64 256"), THREADS (wrk threads, default 2), REPEAT (runs per cell and
+# system, default 1; with more, the table shows the median req/s and the median p99, each
+# taken on its own), PACED_CONNS (connection counts for the equal-load steps, default 16;
+# empty skips them), PACE_MS (think time per connection in those steps, default 1),
+# KEEP=1 keeps the temp dir.
 # Everything listens on 127.0.0.1 only; ports are picked free at start.
-# Default run: 16 steps x 8 s, about 2.5 minutes plus the build.
+# Default run: 20 steps x 8 s, under 3 minutes plus the build.
 set -euo pipefail
 
 DURATION=${DURATION:-8}
+REPEAT=${REPEAT:-1}
+PACED_CONNS=${PACED_CONNS-16}
+export PACE_MS=${PACE_MS:-1}
 CONNS=${CONNS:-"1 16 64 256"}
 THREADS=${THREADS:-2}
 for arg in "$@"; do
@@ -242,40 +251,79 @@ RSS_WARM=$(rss_kb "$MV_PID")
 NGX_RSS_WARM=$(ngx_workers_rss_kb)
 
 # ---------------------------------------------------------------- the run
-run_wrk() { # URL CONNS -> "req/s p99 errors"
-    local out rps p99 errs t=$THREADS
+run_wrk() { # URL CONNS [SCRIPT] -> "req/s p99-in-us errors"
+    local out rps p99 errs t=$THREADS script=()
     (( t > $2 )) && t=$2   # wrk wants at least one connection per thread
-    out=$(wrk -t"$t" -c"$2" -d"${DURATION}s" --latency "$1" 2>&1) || {
+    [[ -n ${3:-} ]] && script=(-s "$3")
+    out=$(wrk -t"$t" -c"$2" -d"${DURATION}s" --latency "${script[@]}" "$1" 2>&1) || {
         echo "wrk failed: $out" >&2
         return 1
     }
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    # wrk prints e.g. "241.00us", "2.66ms", "1.02s"; keep microseconds.
+    p99=$(awk '$1 == "99%" {
+              v = $2 + 0
+              if ($2 ~ /ms$/) v *= 1000; else if ($2 ~ /[0-9]s$/) v *= 1000000
+              printf "%.0f", v }' <<<"$out")
     errs=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {
                for (i = 4; i <= NF; i += 2) n += $i } END {print n + 0}' <<<"$out" | tr -d ',')
-    printf '%s %s %s\n' "${rps:-0}" "${p99:-?}" "$errs"
+    printf '%s %s %s\n' "${rps:-0}" "${p99:-0}" "$errs"
+}
+
+median_of() { # "req/s p99 errors"... -> median req/s, median p99 (each on its own), summed errors
+    printf '%s\n' "$@" | awk '{r[NR] = $1; p[NR] = $2; e += $3}
+        function med(a, n,    i, j, t) {
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) {
+                t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        END {print med(r, NR), med(p, NR), e}'
+}
+
+us() { # microseconds -> "241us" / "2.66ms"
+    awk -v v="$1" 'BEGIN {if (v < 1000) printf "%dus", v; else printf "%.2fms", v / 1000}'
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
     log "note: load average is $LOAD_BEFORE before the run; other work on this machine skews the figures"
 fi
-steps=$(( ${#IMAGES[@]} * $(wc -w <<<"$CONNS") * 2 ))
-log "running $steps wrk steps of ${DURATION}s (wrk -t$THREADS)"
+steps=$(( ${#IMAGES[@]} * ($(wc -w <<<"$CONNS") + $(wc -w <<<"$PACED_CONNS")) * 2 * REPEAT ))
+log "running $steps wrk steps of ${DURATION}s (wrk -t$THREADS; each cell $REPEAT time(s) per system)"
+pair=0
+cell() { # IMG CONNS [WRK-SCRIPT] -> CELL_ROW: medians over REPEAT runs per system
+    local img=$1 c=$2 mv_all=() ng_all=() mv_rps mv_p99 mv_err ng_rps ng_p99 ng_err ratio
+    for _ in $(seq "$REPEAT"); do
+        # Alternate which system goes first, so slow drift (thermal, neighbours) hits both.
+        if (( pair % 2 == 0 )); then
+            mv_all+=("$(run_wrk "${URL_MV[$img]}" "$c" "${3:-}")")
+            ng_all+=("$(run_wrk "${URL_NGX[$img]}" "$c" "${3:-}")")
+        else
+            ng_all+=("$(run_wrk "${URL_NGX[$img]}" "$c" "${3:-}")")
+            mv_all+=("$(run_wrk "${URL_MV[$img]}" "$c" "${3:-}")")
+        fi
+        pair=$((pair + 1))
+        log "$img c=$c${3:+ paced}  mailveil ${mv_all[-1]% *}  nginx ${ng_all[-1]% *}   (req/s p99-us)"
+    done
+    read -r mv_rps mv_p99 mv_err < <(median_of "${mv_all[@]}")
+    read -r ng_rps ng_p99 ng_err < <(median_of "${ng_all[@]}")
+    ratio=$(awk -v a="$mv_rps" -v b="$ng_rps" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}')
+    CELL_ROW="$img $c $mv_rps $ng_rps $ratio $mv_p99 $ng_p99 $mv_err $ng_err"
+}
 ROWS=()
 for img in "${IMAGES[@]}"; do
     for c in $CONNS; do
-        # Alternate which system goes first, so slow drift (thermal, neighbours) hits both.
-        if (( ${#ROWS[@]} % 2 == 0 )); then
-            res=$(run_wrk "${URL_MV[$img]}" "$c"); read -r mv_rps mv_p99 mv_err <<<"$res"
-            res=$(run_wrk "${URL_NGX[$img]}" "$c"); read -r ng_rps ng_p99 ng_err <<<"$res"
-        else
-            res=$(run_wrk "${URL_NGX[$img]}" "$c"); read -r ng_rps ng_p99 ng_err <<<"$res"
-            res=$(run_wrk "${URL_MV[$img]}" "$c"); read -r mv_rps mv_p99 mv_err <<<"$res"
-        fi
-        ratio=$(awk -v a="$mv_rps" -v b="$ng_rps" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}')
-        ROWS+=("$img $c $mv_rps $ng_rps $ratio $mv_p99 $ng_p99 $mv_err $ng_err")
-        log "$img c=$c  mailveil $mv_rps req/s p99 $mv_p99  nginx $ng_rps req/s p99 $ng_p99"
+        cell "$img" "$c"
+        ROWS+=("$CELL_ROW")
+    done
+done
+# Equal offered load: every connection waits PACE_MS between requests (bench/pace.lua), so
+# both systems see about the same request rate and p99 compares latency alone.
+PACED_ROWS=()
+for img in "${IMAGES[@]}"; do
+    for c in $PACED_CONNS; do
+        cell "$img" "$c" "$ROOT/bench/pace.lua"
+        PACED_ROWS+=("$CELL_ROW")
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -285,7 +333,7 @@ FETCHES_AFTER=$(metric 'mailveil_upstream_fetches_total{result="ok"}')
 
 # ---------------------------------------------------------------- report
 echo
-echo "mailveil vs nginx proxy_cache, cache hits, wrk -t$THREADS (fewer threads than connections: one per connection) -d${DURATION}s, $(date -u +%Y-%m-%d)"
+echo "mailveil vs nginx proxy_cache, cache hits, wrk -t$THREADS (fewer threads than connections: one per connection) -d${DURATION}s, median of $REPEAT run(s) per cell, $(date -u +%Y-%m-%d)"
 echo "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); $(nginx -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'); $(rustc --version | awk '{print $1 " " $2}')"
 echo
 echo "| image | upstream bytes | served by mailveil | served by nginx |"
@@ -299,9 +347,21 @@ echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 errors=0
 for row in "${ROWS[@]}"; do
     read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err <<<"$row"
-    printf '| %s | %s | %.0f | %.0f | %s | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$ratio" "$mv_p99" "$ng_p99"
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$ratio" "$(us "$mv_p99")" "$(us "$ng_p99")"
     errors=$((errors + mv_err + ng_err))
 done
+if (( ${#PACED_ROWS[@]} > 0 )); then
+    echo
+    echo "Equal offered load: each connection waits ${PACE_MS} ms before each request (bench/pace.lua)."
+    echo
+    echo "| image | conns | mailveil req/s | nginx req/s | mailveil p99 | nginx p99 |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    for row in "${PACED_ROWS[@]}"; do
+        read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err <<<"$row"
+        printf '| %s | %s | %.0f | %.0f | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$(us "$mv_p99")" "$(us "$ng_p99")"
+        errors=$((errors + mv_err + ng_err))
+    done
+fi
 echo
 echo "mailveil RSS: idle $(mb "$RSS_IDLE"), after warm-up $(mb "$RSS_WARM"), after the run $(mb "$RSS_AFTER")"
 echo "nginx workers' total RSS ($(ngx_workers | wc -l) workers; cache manager not counted): after warm-up $(mb "$NGX_RSS_WARM"), after the run $(mb "$NGX_RSS_AFTER"); master $(mb "$(rss_kb "$NGX_PID")")"
