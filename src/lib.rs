@@ -8,6 +8,7 @@
 //! upstream fetches ([`fetch`], the only outbound code) checked by [`image`].
 //! See `ARCHITECTURE.md` for the data flow and the invariants.
 
+pub mod activation;
 pub mod api;
 pub mod cache;
 pub mod config;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use mailveil::activation::Activation;
 use mailveil::api::ApiState;
 use mailveil::filter::SharedEngine;
 use mailveil::milter::{self, MilterState};
@@ -187,9 +188,17 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         Some((cert, key)) => Some(server::load_tls(cert, key)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("server.listen = {:?}: cannot listen", config.listen.to_string()))?;
+    // Sockets systemd opened for us (mailveil.socket) replace the matching binds.
+    let mut activation = Activation::from_env()?;
+    let listener = match activation.take_tcp(config.listen).context("server.listen: inherited socket")? {
+        Some(inherited) => {
+            tracing::info!(listen = %config.listen, "using the socket passed by systemd");
+            tokio::net::TcpListener::from_std(inherited).context("server.listen: inherited socket")?
+        }
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("server.listen = {:?}: cannot listen", config.listen.to_string()))?,
+    };
     spawn_eviction(state.cache.clone());
     let stop_prefetch = CancellationToken::new();
     let prefetch = tokio::spawn(prefetch::run(
@@ -220,16 +229,26 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         Some(Arc::new(SharedEngine::new(build_engine(&config)?)))
     };
     let api = match &engine {
-        Some(engine) if !tokens.is_empty() => Some(spawn_api(&config, engine.clone(), &tokens, stop.clone()).await?),
+        Some(engine) if !tokens.is_empty() => {
+            Some(spawn_api(&config, engine.clone(), &tokens, &mut activation, stop.clone()).await?)
+        }
         _ => {
             tracing::info!("rewrite API off (no api.tokens)");
             None
         }
     };
     let milter = match (&engine, &config.milter.listen) {
-        (Some(engine), Some(listen)) => Some(spawn_milter(&config, listen, engine.clone(), state.metrics.clone(), stop.clone())?),
+        (Some(engine), Some(listen)) => Some(spawn_milter(
+            &config,
+            listen,
+            engine.clone(),
+            state.metrics.clone(),
+            &mut activation,
+            stop.clone(),
+        )?),
         _ => None,
     };
+    activation.check_all_claimed()?;
     spawn_reload(config_path.map(Path::to_owned), state.clone(), engine);
     let stopping = stop.clone();
     tokio::spawn(async move {
@@ -261,6 +280,7 @@ async fn spawn_api(
     config: &Config,
     engine: Arc<SharedEngine>,
     tokens: &[String],
+    activation: &mut Activation,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let state = Arc::new(ApiState::new(
@@ -269,9 +289,15 @@ async fn spawn_api(
         tokens,
         config.api.max_body,
     ));
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("api.listen = {:?}: cannot listen", config.api.listen.to_string()))?;
+    let listener = match activation.take_tcp(config.api.listen).context("api.listen: inherited socket")? {
+        Some(inherited) => {
+            tracing::info!(listen = %config.api.listen, "rewrite API using the socket passed by systemd");
+            tokio::net::TcpListener::from_std(inherited).context("api.listen: inherited socket")?
+        }
+        None => tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("api.listen = {:?}: cannot listen", config.api.listen.to_string()))?,
+    };
     tracing::info!(listen = %config.api.listen, "rewrite API serving");
     let api_config = ServerConfig {
         max_connections: 256,
@@ -294,6 +320,7 @@ fn spawn_milter(
     listen: &MilterListen,
     engine: Arc<SharedEngine>,
     metrics: Arc<Metrics>,
+    activation: &mut Activation,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let state = Arc::new(MilterState::new(
@@ -302,8 +329,14 @@ fn spawn_milter(
         metrics,
         &config.milter,
     ));
-    let listener = milter::Listener::bind(listen)
-        .with_context(|| format!("milter.listen = {:?}: cannot listen", listen.to_string()))?;
+    let listener = match milter::Listener::inherited(listen, activation).context("milter.listen: inherited socket")? {
+        Some(inherited) => {
+            tracing::info!(listen = %listen, "milter using the socket passed by systemd");
+            inherited
+        }
+        None => milter::Listener::bind(listen)
+            .with_context(|| format!("milter.listen = {:?}: cannot listen", listen.to_string()))?,
+    };
     Ok(tokio::spawn(milter::run(listener, state, config.server.max_connections, stop)))
 }
 

@@ -30,6 +30,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::Activation;
 use crate::config::{MilterListen, MilterOnError, MilterSettings};
 use crate::filter::{rewrite_parts, SharedEngine, HEADER_NAME};
 use crate::metrics::{Metrics, MilterOutcome};
@@ -284,8 +285,9 @@ impl Milter for Session {
 pub enum Listener {
     /// `inet:host:port`.
     Inet(TcpListener),
-    /// `unix:/path`; the socket file is removed when the listener is dropped.
-    Unix(UnixListener, RemoveOnDrop),
+    /// `unix:/path`; a socket file this process created is removed when the listener is
+    /// dropped (one inherited from systemd belongs to systemd and stays).
+    Unix(UnixListener, SocketFile),
 }
 
 impl Listener {
@@ -303,8 +305,29 @@ impl Listener {
             }
             MilterListen::Unix(path, mode) => {
                 let listener = bind_unix(path, *mode)?;
-                Ok(Self::Unix(listener, RemoveOnDrop(path.clone())))
+                Ok(Self::Unix(listener, SocketFile { path: path.clone(), remove: true }))
             }
+        }
+    }
+
+    /// Takes over a socket that systemd opened for `listen` (socket activation), instead
+    /// of binding; `None` when systemd passed none for it.
+    ///
+    /// # Errors
+    /// When the inherited socket cannot be handed to tokio.
+    pub fn inherited(listen: &MilterListen, activation: &mut Activation) -> std::io::Result<Option<Self>> {
+        match listen {
+            MilterListen::Inet(addr) => activation
+                .take_tcp(*addr)?
+                .map(|l| TcpListener::from_std(l).map(Self::Inet))
+                .transpose(),
+            MilterListen::Unix(path, _) => activation
+                .take_unix(path)?
+                .map(|l| {
+                    let file = SocketFile { path: path.clone(), remove: false };
+                    UnixListener::from_std(l).map(|l| Self::Unix(l, file))
+                })
+                .transpose(),
         }
     }
 }
@@ -361,7 +384,7 @@ pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usiz
 fn describe(listener: &Listener) -> String {
     match listener {
         Listener::Inet(l) => l.local_addr().map_or_else(|_| "inet:?".into(), |a| format!("inet:{a}")),
-        Listener::Unix(_, path) => format!("unix:{}", path.0.display()),
+        Listener::Unix(_, file) => format!("unix:{}", file.path.display()),
     }
 }
 
@@ -402,13 +425,18 @@ fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Removes the socket file when the listener stops.
+/// A unix socket's path; removed when the listener stops if this process created it.
 #[derive(Debug)]
-pub struct RemoveOnDrop(PathBuf);
+pub struct SocketFile {
+    path: PathBuf,
+    remove: bool,
+}
 
-impl Drop for RemoveOnDrop {
+impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.remove {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -115,7 +115,7 @@ pub async fn converse(addr: &str, sent: &Sent) -> ModificationResponse {
     converse_on(stream.compat(), sent).await
 }
 
-async fn converse_on<RW>(stream: RW, sent: &Sent) -> ModificationResponse
+pub async fn converse_on<RW>(stream: RW, sent: &Sent) -> ModificationResponse
 where
     RW: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
 {

@@ -1,4 +1,5 @@
-//! The systemd unit: it must verify, and its exposure score must stay at or below 2.0.
+//! The systemd units: they must verify, and the service's exposure score must stay at or
+//! below 2.0.
 
 use std::process::Command;
 
@@ -25,6 +26,18 @@ fn unit_verifies() {
     let unit = unit_under_test(dir.path());
     let out = systemd_analyze(&["verify", unit.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn socket_unit_verifies_with_the_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = unit_under_test(dir.path());
+    let socket = dir.path().join("mailveil.socket");
+    std::fs::copy(crate::util::data("../../systemd/mailveil.socket"), &socket).expect("copy socket unit");
+    let out = systemd_analyze(&["verify", socket.to_str().expect("utf-8"), service.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("mailveil.socket"), "warnings about the socket unit: {stderr}");
 }
 
 #[test]

@@ -21,3 +21,4 @@ mod recipes;
 mod milter;
 mod postfix;
 mod sieve;
+mod activation;
