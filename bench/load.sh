@@ -308,7 +308,14 @@ cell() { # IMG CONNS [WRK-SCRIPT] -> CELL_ROW: medians over REPEAT runs per syst
     read -r mv_rps mv_p99 mv_err < <(median_of "${mv_all[@]}")
     read -r ng_rps ng_p99 ng_err < <(median_of "${ng_all[@]}")
     ratio=$(awk -v a="$mv_rps" -v b="$ng_rps" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}')
-    CELL_ROW="$img $c $mv_rps $ng_rps $ratio $mv_p99 $ng_p99 $mv_err $ng_err"
+    # In how many of the back-to-back pairs mailveil's p99 was at most nginx's.
+    local i won=0
+    for i in "${!mv_all[@]}"; do
+        read -r _ a _ <<<"${mv_all[$i]}"
+        read -r _ b _ <<<"${ng_all[$i]}"
+        (( a <= b )) && won=$((won + 1))
+    done
+    CELL_ROW="$img $c $mv_rps $ng_rps $ratio $mv_p99 $ng_p99 $mv_err $ng_err $won/$REPEAT"
 }
 ROWS=()
 for img in "${IMAGES[@]}"; do
@@ -342,23 +349,23 @@ for img in "${IMAGES[@]}"; do
     echo "| $img | ${SIZE_UP[$img]} | ${SIZE_MV[$img]} | ${SIZE_NGX[$img]} |"
 done
 echo
-echo "| image | conns | mailveil req/s | nginx req/s | ratio mv/nginx | mailveil p99 | nginx p99 |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| image | conns | mailveil req/s | nginx req/s | ratio mv/nginx | mailveil p99 | nginx p99 | pairs with mv p99 <= nginx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 errors=0
 for row in "${ROWS[@]}"; do
-    read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err <<<"$row"
-    printf '| %s | %s | %.0f | %.0f | %s | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$ratio" "$(us "$mv_p99")" "$(us "$ng_p99")"
+    read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err won <<<"$row"
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$ratio" "$(us "$mv_p99")" "$(us "$ng_p99")" "$won"
     errors=$((errors + mv_err + ng_err))
 done
 if (( ${#PACED_ROWS[@]} > 0 )); then
     echo
     echo "Equal offered load: each connection waits ${PACE_MS} ms before each request (bench/pace.lua)."
     echo
-    echo "| image | conns | mailveil req/s | nginx req/s | mailveil p99 | nginx p99 |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| image | conns | mailveil req/s | nginx req/s | mailveil p99 | nginx p99 | pairs with mv p99 <= nginx |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for row in "${PACED_ROWS[@]}"; do
-        read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err <<<"$row"
-        printf '| %s | %s | %.0f | %.0f | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$(us "$mv_p99")" "$(us "$ng_p99")"
+        read -r img c mv_rps ng_rps ratio mv_p99 ng_p99 mv_err ng_err won <<<"$row"
+        printf '| %s | %s | %.0f | %.0f | %s | %s | %s |\n' "$img" "$c" "$mv_rps" "$ng_rps" "$(us "$mv_p99")" "$(us "$ng_p99")" "$won"
         errors=$((errors + mv_err + ng_err))
     done
 fi

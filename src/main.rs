@@ -207,13 +207,7 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         config.prefetch.clone(),
         stop_prefetch.clone(),
     ));
-    tracing::info!(
-        listen = %config.listen,
-        public_url = %config.public_url,
-        tls = tls.is_some(),
-        "mailveil serving"
-    );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let tls_on = tls.is_some();
     let server_config = ServerConfig {
         max_connections: config.server.max_connections,
         header_timeout: config.server.header_timeout,
@@ -250,6 +244,14 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     };
     activation.check_all_claimed()?;
     spawn_reload(config_path.map(Path::to_owned), state.clone(), engine);
+    // Ready only once every listener is open: systemd then starts what depends on us.
+    tracing::info!(
+        listen = %config.listen,
+        public_url = %config.public_url,
+        tls = tls_on,
+        "mailveil serving"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stopping = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
