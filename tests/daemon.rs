@@ -213,3 +213,45 @@ async fn sighup_reloads_keys_without_a_restart() {
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }
+
+/// Under systemd (`Type=notify`) READY must mean every listener is open, and SIGTERM must
+/// say STOPPING. The test plays systemd's part with its own `NOTIFY_SOCKET`.
+#[test]
+fn notifies_ready_once_listening_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let (port, api_port) = (free_port(), free_port());
+    let sandbox = Sandbox::new(&format!(
+        "[api]\nlisten = \"127.0.0.1:{api_port}\"\ntokens = [\"secret-token-for-tests\"]\n"
+    ));
+    let config = sandbox.dir.path().join("serve.toml");
+    let text = std::fs::read_to_string(&sandbox.config)
+        .expect("config")
+        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&config, text).expect("write");
+    let notify_path = sandbox.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let child = Command::new(env!("CARGO_BIN_EXE_mailveil"))
+        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .env_clear()
+        .env("HOME", sandbox.dir.path())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut daemon = Daemon(child);
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("a notification within 20 s");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "first notification: {message:?}");
+    // READY came after the listeners opened: both accept right away, with no retry.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("image endpoint listening at READY");
+    std::net::TcpStream::connect(("127.0.0.1", api_port)).expect("rewrite API listening at READY");
+    daemon.terminate();
+    let n = notify.recv(&mut buf).expect("a notification on SIGTERM");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "STOPPING=1"), "on SIGTERM: {message:?}");
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}
