@@ -19,23 +19,24 @@
 #      mailveil's mailveil_cache_hits_total{tier="memory"} grows).
 #   5. For each image x connections (1 16 64 256) runs wrk against mailveil, then nginx
 #      (alternating, so drift hits both), and prints req/s, the ratio and p99 latency.
-#      Then the same at equal offered load: 16 connections that each wait 1 ms between
-#      requests (bench/pace.lua), so p99 is compared at the same request rate.
+#      Then the same at equal offered load: 16 and 48 connections that each wait 1 ms
+#      between requests (bench/pace.lua; about 10k and 20k req/s, the second close to
+#      nginx's ceiling), so p99 is compared at the same request rate.
 #   6. Reports mailveil's RSS (idle, warm, after the run) and nginx's.
 #
 # Environment: DURATION (seconds per wrk step, default 8; --quick sets 2), CONNS
 # (default "1 16 64 256"), THREADS (wrk threads, default 2), REPEAT (runs per cell and
 # system, default 1; with more, the table shows the median req/s and the median p99, each
-# taken on its own), PACED_CONNS (connection counts for the equal-load steps, default 16;
-# empty skips them), PACE_MS (think time per connection in those steps, default 1),
+# taken on its own), PACED_CONNS (connection counts for the equal-load steps, default
+# "16 48"; empty skips them), PACE_MS (think time per connection in those steps, default 1),
 # KEEP=1 keeps the temp dir.
 # Everything listens on 127.0.0.1 only; ports are picked free at start.
-# Default run: 20 steps x 8 s, under 3 minutes plus the build.
+# Default run: 24 steps x 8 s, about 3.5 minutes plus the build.
 set -euo pipefail
 
 DURATION=${DURATION:-8}
 REPEAT=${REPEAT:-1}
-PACED_CONNS=${PACED_CONNS-16}
+PACED_CONNS=${PACED_CONNS-"16 48"}
 export PACE_MS=${PACE_MS:-1}
 CONNS=${CONNS:-"1 16 64 256"}
 THREADS=${THREADS:-2}
