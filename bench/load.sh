@@ -28,8 +28,10 @@
 # (default "1 16 64 256"), THREADS (wrk threads, default 2), REPEAT (runs per cell and
 # system, default 1; with more, the table shows the median req/s and the median p99, each
 # taken on its own), PACED_CONNS (connection counts for the equal-load steps, default
-# "16 48"; empty skips them), PACE_MS (think time per connection in those steps, default 1),
-# KEEP=1 keeps the temp dir.
+# "16 48"; empty skips them), PACE_MS (think time per connection in those steps, default
+# 1), PIN=1 (servers on the CPUs listed in PIN_SERVER, default 0, with nginx's
+# worker_processes set to their count; wrk on PIN_WRK, default 1, with one thread per
+# CPU), KEEP=1 keeps the temp dir.
 # Everything listens on 127.0.0.1 only; ports are picked free at start.
 # Default run: 24 steps x 8 s, about 3.5 minutes plus the build.
 set -euo pipefail
@@ -40,6 +42,22 @@ PACED_CONNS=${PACED_CONNS-"16 48"}
 export PACE_MS=${PACE_MS:-1}
 CONNS=${CONNS:-"1 16 64 256"}
 THREADS=${THREADS:-2}
+# PIN=1: servers on the CPUs in PIN_SERVER (default 0), wrk on PIN_WRK (default 1), so the
+# load generator does not compete with the server it measures.
+PIN=${PIN:-0}
+PIN_SERVER=${PIN_SERVER:-0}
+PIN_WRK=${PIN_WRK:-1}
+SERVER_RUN=()
+WRK_RUN=()
+NGX_WORKERS=auto
+if [[ $PIN == 1 ]]; then
+    command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+    SERVER_RUN=(taskset -c "$PIN_SERVER")
+    WRK_RUN=(taskset -c "$PIN_WRK")
+    # nginx's "auto" counts the machine's CPUs, not the ones it may run on.
+    NGX_WORKERS=$("${SERVER_RUN[@]}" nproc)
+    THREADS=$("${WRK_RUN[@]}" nproc)
+fi
 for arg in "$@"; do
     case $arg in
         --quick) DURATION=2 ;;
@@ -114,7 +132,7 @@ if [[ $(id -u) == 0 ]]; then
 fi
 cat >"$WORK/nginx.conf" <<EOF
 $NGX_USER
-worker_processes auto;
+worker_processes $NGX_WORKERS;
 daemon off;
 pid $WORK/ngx/nginx.pid;
 error_log $WORK/ngx/error.log warn;
@@ -168,7 +186,7 @@ nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/ngx/" 2>"$WORK/ngx/test.log" || {
     cat "$WORK/ngx/test.log" >&2
     exit 1
 }
-nginx -c "$WORK/nginx.conf" -p "$WORK/ngx/" 2>>"$WORK/ngx/error.log" &
+"${SERVER_RUN[@]}" nginx -c "$WORK/nginx.conf" -p "$WORK/ngx/" 2>>"$WORK/ngx/error.log" &
 NGX_PID=$!
 
 # ---------------------------------------------------------------- mailveil
@@ -191,7 +209,8 @@ allow_networks = ["127.0.0.1/32"]
 EOF
 log "mailveil on 127.0.0.1:$PORT_MV"
 "$MV" --config "$WORK/mailveil.toml" check-config >/dev/null
-"$MV" serve --config "$WORK/mailveil.toml" 2>"$WORK/mv/serve.log" &
+# Under taskset tokio sizes its worker pool to the CPUs it may use.
+"${SERVER_RUN[@]}" "$MV" serve --config "$WORK/mailveil.toml" 2>"$WORK/mv/serve.log" &
 MV_PID=$!
 
 wait_http() { # URL NAME PID
@@ -256,7 +275,7 @@ run_wrk() { # URL CONNS [SCRIPT] -> "req/s p99-in-us errors"
     local out rps p99 errs t=$THREADS script=()
     (( t > $2 )) && t=$2   # wrk wants at least one connection per thread
     [[ -n ${3:-} ]] && script=(-s "$3")
-    out=$(wrk -t"$t" -c"$2" -d"${DURATION}s" --latency "${script[@]}" "$1" 2>&1) || {
+    out=$("${WRK_RUN[@]}" wrk -t"$t" -c"$2" -d"${DURATION}s" --latency "${script[@]}" "$1" 2>&1) || {
         echo "wrk failed: $out" >&2
         return 1
     }
@@ -291,6 +310,7 @@ if awk -v l="${LOAD_BEFORE%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; th
 fi
 steps=$(( ${#IMAGES[@]} * ($(wc -w <<<"$CONNS") + $(wc -w <<<"$PACED_CONNS")) * 2 * REPEAT ))
 log "running $steps wrk steps of ${DURATION}s (wrk -t$THREADS; each cell $REPEAT time(s) per system)"
+[[ $PIN == 1 ]] && log "pinned: nginx and mailveil on CPU(s) $PIN_SERVER ($NGX_WORKERS nginx workers), wrk on CPU(s) $PIN_WRK"
 pair=0
 cell() { # IMG CONNS [WRK-SCRIPT] -> CELL_ROW: medians over REPEAT runs per system
     local img=$1 c=$2 mv_all=() ng_all=() mv_rps mv_p99 mv_err ng_rps ng_p99 ng_err ratio
@@ -342,6 +362,11 @@ FETCHES_AFTER=$(metric 'mailveil_upstream_fetches_total{result="ok"}')
 # ---------------------------------------------------------------- report
 echo
 echo "mailveil vs nginx proxy_cache, cache hits, wrk -t$THREADS (fewer threads than connections: one per connection) -d${DURATION}s, median of $REPEAT run(s) per cell, $(date -u +%Y-%m-%d)"
+if [[ $PIN == 1 ]]; then
+    echo "pinned: servers on CPU(s) $PIN_SERVER (nginx worker_processes $NGX_WORKERS), wrk on CPU(s) $PIN_WRK"
+else
+    echo "not pinned: wrk, nginx (worker_processes auto) and mailveil share all CPUs"
+fi
 echo "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); $(nginx -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'); $(rustc --version | awk '{print $1 " " $2}')"
 echo
 echo "| image | upstream bytes | served by mailveil | served by nginx |"
