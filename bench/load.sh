@@ -28,7 +28,7 @@
 # (default "1 16 64 256"), THREADS (wrk threads, default 2), REPEAT (runs per cell and
 # system, default 1; with more, the table shows the median req/s and the median p99, each
 # taken on its own), PACED_CONNS (connection counts for the equal-load steps, default
-# "16 48"; empty skips them), PACE_MS (think time per connection in those steps, default
+# "16 48", none with PIN=1; empty skips them), PACE_MS (think time per connection in those steps, default
 # 1), PIN=1 (servers on the CPUs listed in PIN_SERVER, default 0, with nginx's
 # worker_processes set to their count; wrk on PIN_WRK, default 1, with one thread per
 # CPU), KEEP=1 keeps the temp dir.
@@ -38,7 +38,13 @@ set -euo pipefail
 
 DURATION=${DURATION:-8}
 REPEAT=${REPEAT:-1}
-PACED_CONNS=${PACED_CONNS-"16 48"}
+if [[ ${PIN:-0} == 1 ]]; then
+    # Pinned, wrk keeps off the servers' CPUs anyway, and with one wrk thread per CPU the
+    # 1 ms pacing gave erratic figures for both servers: no equal-load steps unless asked.
+    PACED_CONNS=${PACED_CONNS-""}
+else
+    PACED_CONNS=${PACED_CONNS-"16 48"}
+fi
 export PACE_MS=${PACE_MS:-1}
 CONNS=${CONNS:-"1 16 64 256"}
 THREADS=${THREADS:-2}
