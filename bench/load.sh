@@ -23,15 +23,17 @@
 #      between requests (bench/pace.lua; about 10k and 20k req/s, the second close to
 #      nginx's ceiling), so p99 is compared at the same request rate.
 #   6. Reports mailveil's RSS (idle, warm, after the run) and nginx's.
+#   With PIN=1 the servers run on one CPU and wrk on another (taskset), so the load
+#   generator does not take CPU from the server it measures.
 #
 # Environment: DURATION (seconds per wrk step, default 8; --quick sets 2), CONNS
 # (default "1 16 64 256"), THREADS (wrk threads, default 2), REPEAT (runs per cell and
 # system, default 1; with more, the table shows the median req/s and the median p99, each
 # taken on its own), PACED_CONNS (connection counts for the equal-load steps, default
-# "16 48", none with PIN=1; empty skips them), PACE_MS (think time per connection in those steps, default
-# 1), PIN=1 (servers on the CPUs listed in PIN_SERVER, default 0, with nginx's
-# worker_processes set to their count; wrk on PIN_WRK, default 1, with one thread per
-# CPU), KEEP=1 keeps the temp dir.
+# "16 48", none with PIN=1; empty skips them), PACE_MS (think time per connection in
+# those steps, default 1), PIN=1 (servers on the CPUs listed in PIN_SERVER, default 0,
+# with nginx's worker_processes set to their count; wrk on PIN_WRK, default 1, with one
+# thread per CPU), KEEP=1 keeps the temp dir.
 # Everything listens on 127.0.0.1 only; ports are picked free at start.
 # Default run: 24 steps x 8 s, about 3.5 minutes plus the build.
 set -euo pipefail
