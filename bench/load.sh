@@ -338,7 +338,7 @@ cell() { # IMG CONNS [WRK-SCRIPT] -> CELL_ROW: medians over REPEAT runs per syst
     read -r ng_rps ng_p99 ng_err < <(median_of "${ng_all[@]}")
     ratio=$(awk -v a="$mv_rps" -v b="$ng_rps" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}')
     # In how many of the back-to-back pairs mailveil's p99 was at most nginx's.
-    local i won=0
+    local i a b won=0
     for i in "${!mv_all[@]}"; do
         read -r _ a _ <<<"${mv_all[$i]}"
         read -r _ b _ <<<"${ng_all[$i]}"
