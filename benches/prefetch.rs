@@ -28,7 +28,10 @@ const HOSTS: u8 = 10;
 const IMAGES_PER_MESSAGE: usize = 10;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pixel_png() -> Bytes {
@@ -39,12 +42,19 @@ fn pixel_png() -> Bytes {
 }
 
 /// One upstream per loopback address, so per-host limits apply as with real senders.
-async fn start_upstream(ip: &str, latency: Duration, body: Bytes, count: Arc<AtomicUsize>) -> String {
+async fn start_upstream(
+    ip: &str,
+    latency: Duration,
+    body: Bytes,
+    count: Arc<AtomicUsize>,
+) -> String {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let body = body.clone();
             let count = count.clone();
             tokio::spawn(async move {
@@ -70,7 +80,10 @@ fn main() {
     let messages = env("MESSAGES", 1000);
     let latency = Duration::from_millis(env("LATENCY_MS", 50) as u64);
     let concurrency = env("CONCURRENCY", 32);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run(messages, latency, concurrency));
 }
 
@@ -80,7 +93,15 @@ async fn run(messages: usize, latency: Duration, concurrency: usize) {
     let body = pixel_png();
     let mut bases = Vec::new();
     for h in 1..=HOSTS {
-        bases.push(start_upstream(&format!("127.0.0.{h}"), latency, body.clone(), fetches.clone()).await);
+        bases.push(
+            start_upstream(
+                &format!("127.0.0.{h}"),
+                latency,
+                body.clone(),
+                fetches.clone(),
+            )
+            .await,
+        );
     }
 
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
@@ -109,8 +130,18 @@ async fn run(messages: usize, latency: Duration, concurrency: usize) {
         max_redirects: 5,
         policy: IpPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]),
     };
-    let signer = Signer::new(&"http://127.0.0.1:1".parse().unwrap(), Key::from_bytes([1; 32]), vec![]);
-    let state = Arc::new(AppState::new(signer, cache, Fetcher::new(fetch), ImagePolicy::default(), Arc::new(Metrics::new())));
+    let signer = Signer::new(
+        &"http://127.0.0.1:1".parse().unwrap(),
+        Key::from_bytes([1; 32]),
+        vec![],
+    );
+    let state = Arc::new(AppState::new(
+        signer,
+        cache,
+        Fetcher::new(fetch),
+        ImagePolicy::default(),
+        Arc::new(Metrics::new()),
+    ));
     let config = PrefetchConfig {
         concurrency,
         per_host: 8,
@@ -123,7 +154,10 @@ async fn run(messages: usize, latency: Duration, concurrency: usize) {
     let workers = tokio::spawn(prefetch::run(spool.clone(), state, config, stop.clone()));
     while !spool.list().unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(started.elapsed() < Duration::from_secs(600), "drain took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain took too long"
+        );
     }
     let measured = started.elapsed();
     stop.cancel();

@@ -83,7 +83,10 @@ fn interleaved_ratio() {
     rewrite.sort_unstable();
     pass.sort_unstable();
     let mib = NEWSLETTER.len() as f64 / (1024.0 * 1024.0);
-    let (r, p) = (rewrite[rounds / 2].as_secs_f64(), pass[rounds / 2].as_secs_f64());
+    let (r, p) = (
+        rewrite[rounds / 2].as_secs_f64(),
+        pass[rounds / 2].as_secs_f64(),
+    );
     println!(
         "interleaved medians over {rounds} rounds: rewrite {:.1} MiB/s, passthrough {:.1} MiB/s, ratio {:.1} %",
         mib / r,

@@ -94,7 +94,11 @@ impl Activation {
             .tcp
             .iter()
             .map(|(a, _)| a.to_string())
-            .chain(self.unix.iter().map(|(p, _)| format!("unix:{}", p.display())))
+            .chain(
+                self.unix
+                    .iter()
+                    .map(|(p, _)| format!("unix:{}", p.display())),
+            )
             .collect();
         if left.is_empty() {
             return Ok(());
@@ -116,11 +120,17 @@ mod tests {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
         let b = TcpListener::bind("127.0.0.1:0").unwrap();
         let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-        let mut activation = Activation { tcp: vec![(addr_a, a), (addr_b, b)], unix: Vec::new() };
+        let mut activation = Activation {
+            tcp: vec![(addr_a, a), (addr_b, b)],
+            unix: Vec::new(),
+        };
         assert!(!activation.is_empty());
         let taken = activation.take_tcp(addr_b).unwrap().expect("b is there");
         assert_eq!(taken.local_addr().unwrap(), addr_b);
-        assert!(activation.take_tcp(addr_b).unwrap().is_none(), "taken once only");
+        assert!(
+            activation.take_tcp(addr_b).unwrap().is_none(),
+            "taken once only"
+        );
         let err = activation.check_all_claimed().unwrap_err().to_string();
         assert!(err.contains(&addr_a.to_string()), "{err}");
         assert!(!err.contains(&addr_b.to_string()), "{err}");

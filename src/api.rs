@@ -34,11 +34,19 @@ pub struct ApiState {
 
 impl ApiState {
     /// API state; `tokens` are the accepted bearer tokens (an empty list refuses everyone).
-    pub fn new(engine: Arc<SharedEngine>, spool: Spool, tokens: &[String], max_body: usize) -> Self {
+    pub fn new(
+        engine: Arc<SharedEngine>,
+        spool: Spool,
+        tokens: &[String],
+        max_body: usize,
+    ) -> Self {
         Self {
             engine,
             spool,
-            tokens: tokens.iter().map(|t| *blake3::hash(t.as_bytes()).as_bytes()).collect(),
+            tokens: tokens
+                .iter()
+                .map(|t| *blake3::hash(t.as_bytes()).as_bytes())
+                .collect(),
             max_body,
         }
     }
@@ -56,9 +64,9 @@ impl ApiState {
             .map(|t| *blake3::hash(t.trim().as_bytes()).as_bytes());
         presented.is_some_and(|p| {
             // Check every token, so timing does not tell which one was close.
-            self.tokens
-                .iter()
-                .fold(false, |ok, t| constant_time_eq::constant_time_eq_32(t, &p) | ok)
+            self.tokens.iter().fold(false, |ok, t| {
+                constant_time_eq::constant_time_eq_32(t, &p) | ok
+            })
         })
     }
 }
@@ -70,7 +78,10 @@ enum Kind {
 }
 
 /// Answers one API request. Never fails: every error is a response.
-pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(respond(&state, req).await)
 }
 
@@ -101,7 +112,10 @@ async fn respond(state: &Arc<ApiState>, req: Request<Incoming>) -> Response<Body
     if declared.is_some_and(|n| n > state.max_body) {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
     }
-    let body = match Limited::new(req.into_body(), state.max_body).collect().await {
+    let body = match Limited::new(req.into_body(), state.max_body)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n"),
     };
@@ -131,7 +145,10 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
                 Ok(r) => (Bytes::from(r.html), r.report, "text/html; charset=utf-8"),
                 Err(e) => {
                     tracing::debug!(error = %e, "api: html refused");
-                    return plain(StatusCode::UNPROCESSABLE_ENTITY, "cannot rewrite this html\n");
+                    return plain(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "cannot rewrite this html\n",
+                    );
                 }
             }
         }
@@ -140,7 +157,11 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
             Err(e) => {
                 // Like `filter`: the caller keeps the original; say so rather than guess.
                 tracing::debug!(error = %e, "api: message passed through");
-                (Bytes::copy_from_slice(body), Report::default(), "message/rfc822")
+                (
+                    Bytes::copy_from_slice(body),
+                    Report::default(),
+                    "message/rfc822",
+                )
             }
         },
     };

@@ -515,7 +515,12 @@ impl RawConfig {
     pub fn to_toml(&self) -> String {
         // Tokens are secrets: the effective configuration shows that they are set, not what.
         let mut shown = self.clone();
-        shown.api.tokens = shown.api.tokens.iter().map(|_| "<redacted>".to_owned()).collect();
+        shown.api.tokens = shown
+            .api
+            .tokens
+            .iter()
+            .map(|_| "<redacted>".to_owned())
+            .collect();
         // Serialising plain strings, numbers and lists cannot fail; say so rather than
         // panic if a future field type ever makes it fail.
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
@@ -570,9 +575,13 @@ fn invalid(key: &'static str, value: impl Into<String>, reason: impl Into<String
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|e| invalid("server.listen", value, format!("not a host:port address ({e})")))
+    value.parse().map_err(|e| {
+        invalid(
+            "server.listen",
+            value,
+            format!("not a host:port address ({e})"),
+        )
+    })
 }
 
 fn parse_public_url(value: &str) -> Result<Url, ConfigError> {
@@ -585,7 +594,11 @@ fn parse_public_url(value: &str) -> Result<Url, ConfigError> {
         return Err(invalid(KEY, value, "a host is required"));
     }
     if url.query().is_some() || url.fragment().is_some() || url.username() != "" {
-        return Err(invalid(KEY, value, "query, fragment and user name are not allowed"));
+        return Err(invalid(
+            KEY,
+            value,
+            "query, fragment and user name are not allowed",
+        ));
     }
     Ok(url)
 }
@@ -602,7 +615,11 @@ fn parse_networks(values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         .iter()
         .map(|v| {
             v.parse::<IpNet>().map_err(|_| {
-                invalid("fetch.allow_networks", v.as_str(), "not a CIDR range such as 127.0.0.1/32")
+                invalid(
+                    "fetch.allow_networks",
+                    v.as_str(),
+                    "not a CIDR range such as 127.0.0.1/32",
+                )
             })
         })
         .collect()
@@ -624,10 +641,24 @@ fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
         (None, None) => None,
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         (Some(cert), None) => {
-            return Err(invalid("server.tls_key", "", format!("required with server.tls_cert = {:?}", cert.display().to_string())))
+            return Err(invalid(
+                "server.tls_key",
+                "",
+                format!(
+                    "required with server.tls_cert = {:?}",
+                    cert.display().to_string()
+                ),
+            ))
         }
         (None, Some(key)) => {
-            return Err(invalid("server.tls_cert", "", format!("required with server.tls_key = {:?}", key.display().to_string())))
+            return Err(invalid(
+                "server.tls_cert",
+                "",
+                format!(
+                    "required with server.tls_key = {:?}",
+                    key.display().to_string()
+                ),
+            ))
         }
     };
     Ok(ServerSettings {
@@ -647,10 +678,17 @@ fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::cache::CacheConfig
     })
 }
 
-fn parse_fetch(raw: &RawFetch, allow: Vec<IpNet>) -> Result<crate::fetch::FetchConfig, ConfigError> {
+fn parse_fetch(
+    raw: &RawFetch,
+    allow: Vec<IpNet>,
+) -> Result<crate::fetch::FetchConfig, ConfigError> {
     let ua = raw.user_agent.trim();
     if ua.is_empty() || !ua.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(invalid("fetch.user_agent", raw.user_agent.as_str(), "must be non-empty printable ASCII"));
+        return Err(invalid(
+            "fetch.user_agent",
+            raw.user_agent.as_str(),
+            "must be non-empty printable ASCII",
+        ));
     }
     Ok(crate::fetch::FetchConfig {
         user_agent: ua.to_owned(),
@@ -678,15 +716,21 @@ fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::prefetch::PrefetchConfig, 
         per_host: positive("prefetch.per_host", raw.per_host as u64)? as usize,
         max_attempts: positive("prefetch.max_attempts", u64::from(raw.max_attempts))? as u32,
         retry_base: seconds("prefetch.retry_base_secs", raw.retry_base_secs)?,
-        poll_interval: Duration::from_millis(positive("prefetch.poll_interval_ms", raw.poll_interval_ms)?),
+        poll_interval: Duration::from_millis(positive(
+            "prefetch.poll_interval_ms",
+            raw.poll_interval_ms,
+        )?),
     })
 }
 
 fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
-    let listen = raw
-        .listen
-        .parse()
-        .map_err(|e| invalid("api.listen", raw.listen.as_str(), format!("not a host:port address ({e})")))?;
+    let listen = raw.listen.parse().map_err(|e| {
+        invalid(
+            "api.listen",
+            raw.listen.as_str(),
+            format!("not a host:port address ({e})"),
+        )
+    })?;
     let tokens: Vec<String> = raw.tokens.iter().map(|t| t.trim().to_owned()).collect();
     check_tokens("api.tokens", &tokens)?;
     Ok(ApiSettings {
@@ -702,17 +746,31 @@ fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
         None
     } else if let Some(addr) = raw.listen.strip_prefix("inet:") {
         let addr = addr.parse().map_err(|e| {
-            invalid("milter.listen", raw.listen.as_str(), format!("inet: needs host:port ({e})"))
+            invalid(
+                "milter.listen",
+                raw.listen.as_str(),
+                format!("inet: needs host:port ({e})"),
+            )
         })?;
         Some(MilterListen::Inet(addr))
     } else if let Some(path) = raw.listen.strip_prefix("unix:") {
         if !path.starts_with('/') {
-            return Err(invalid("milter.listen", raw.listen.as_str(), "unix: needs an absolute path"));
+            return Err(invalid(
+                "milter.listen",
+                raw.listen.as_str(),
+                "unix: needs an absolute path",
+            ));
         }
         let mode = u32::from_str_radix(raw.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| invalid("milter.socket_mode", raw.socket_mode.as_str(), "expected octal permissions such as \"0660\""))?;
+            .ok_or_else(|| {
+                invalid(
+                    "milter.socket_mode",
+                    raw.socket_mode.as_str(),
+                    "expected octal permissions such as \"0660\"",
+                )
+            })?;
         Some(MilterListen::Unix(PathBuf::from(path), mode))
     } else {
         return Err(invalid(
@@ -724,7 +782,13 @@ fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
     let on_error = match raw.on_error.as_str() {
         "accept" => MilterOnError::Accept,
         "tempfail" => MilterOnError::Tempfail,
-        other => return Err(invalid("milter.on_error", other, "expected \"accept\" or \"tempfail\"")),
+        other => {
+            return Err(invalid(
+                "milter.on_error",
+                other,
+                "expected \"accept\" or \"tempfail\"",
+            ))
+        }
     };
     let max = positive("milter.max_message_bytes", raw.max_message_bytes)?;
     Ok(MilterSettings {
@@ -737,7 +801,11 @@ fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
 fn check_tokens(key: &'static str, tokens: &[String]) -> Result<(), ConfigError> {
     if tokens.iter().any(|t| t.len() < 16) {
         // The value is a secret: name the key, not the token.
-        return Err(invalid(key, "<redacted>", "tokens must be at least 16 characters"));
+        return Err(invalid(
+            key,
+            "<redacted>",
+            "tokens must be at least 16 characters",
+        ));
     }
     Ok(())
 }
@@ -752,7 +820,11 @@ impl ApiSettings {
         let mut tokens = self.tokens.clone();
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid("api.token_file", path.display().to_string(), format!("cannot read ({e})"))
+                invalid(
+                    "api.token_file",
+                    path.display().to_string(),
+                    format!("cannot read ({e})"),
+                )
             })?;
             tokens.extend(
                 text.lines()
@@ -770,7 +842,11 @@ fn parse_on_miss(value: &str) -> Result<crate::server::OnMiss, ConfigError> {
     match value {
         "fetch" => Ok(crate::server::OnMiss::Fetch),
         "placeholder" => Ok(crate::server::OnMiss::Placeholder),
-        _ => Err(invalid("prefetch.on_miss", value, "expected \"fetch\" or \"placeholder\"")),
+        _ => Err(invalid(
+            "prefetch.on_miss",
+            value,
+            "expected \"fetch\" or \"placeholder\"",
+        )),
     }
 }
 
@@ -778,7 +854,11 @@ fn parse_tracker_mode(value: &str) -> Result<TrackerMode, ConfigError> {
     match value {
         "block" => Ok(TrackerMode::Block),
         "proxy" => Ok(TrackerMode::Proxy),
-        _ => Err(invalid("trackers.mode", value, "expected \"block\" or \"proxy\"")),
+        _ => Err(invalid(
+            "trackers.mode",
+            value,
+            "expected \"block\" or \"proxy\"",
+        )),
     }
 }
 
@@ -786,7 +866,11 @@ fn parse_on_error(value: &str) -> Result<OnError, ConfigError> {
     match value {
         "pass" => Ok(OnError::Pass),
         "tempfail" => Ok(OnError::Tempfail),
-        _ => Err(invalid("filter.on_error", value, "expected \"pass\" or \"tempfail\"")),
+        _ => Err(invalid(
+            "filter.on_error",
+            value,
+            "expected \"pass\" or \"tempfail\"",
+        )),
     }
 }
 
@@ -844,11 +928,20 @@ mod tests {
     #[test]
     fn errors_name_key_and_value() {
         let err = validate("[server]\nlisten = \"nowhere\"").unwrap_err();
-        assert!(err.contains("server.listen") && err.contains("nowhere"), "{err}");
+        assert!(
+            err.contains("server.listen") && err.contains("nowhere"),
+            "{err}"
+        );
         let err = validate("[fetch]\nallow_networks = [\"10.0.0.0/99\"]").unwrap_err();
-        assert!(err.contains("fetch.allow_networks") && err.contains("10.0.0.0/99"), "{err}");
+        assert!(
+            err.contains("fetch.allow_networks") && err.contains("10.0.0.0/99"),
+            "{err}"
+        );
         let err = validate("[trackers]\nmode = \"maybe\"").unwrap_err();
-        assert!(err.contains("trackers.mode") && err.contains("maybe"), "{err}");
+        assert!(
+            err.contains("trackers.mode") && err.contains("maybe"),
+            "{err}"
+        );
         let err = validate("[server]\npublic_url = \"ftp://x\"").unwrap_err();
         assert!(err.contains("server.public_url"), "{err}");
     }
@@ -872,17 +965,29 @@ mod tests {
         assert_eq!(config.milter.listen, None);
         assert_eq!(config.milter.on_error, MilterOnError::Accept);
         let config = validate("[milter]\nlisten = \"inet:127.0.0.1:8702\"").unwrap();
-        assert_eq!(config.milter.listen, Some(MilterListen::Inet("127.0.0.1:8702".parse().unwrap())));
-        let config = validate("[milter]\nlisten = \"unix:/run/mailveil/milter.sock\"\nsocket_mode = \"0666\"").unwrap();
         assert_eq!(
             config.milter.listen,
-            Some(MilterListen::Unix("/run/mailveil/milter.sock".into(), 0o666))
+            Some(MilterListen::Inet("127.0.0.1:8702".parse().unwrap()))
+        );
+        let config = validate(
+            "[milter]\nlisten = \"unix:/run/mailveil/milter.sock\"\nsocket_mode = \"0666\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.milter.listen,
+            Some(MilterListen::Unix(
+                "/run/mailveil/milter.sock".into(),
+                0o666
+            ))
         );
         for (text, key) in [
             ("listen = \"tcp:1.2.3.4:5\"", "milter.listen"),
             ("listen = \"inet:localhost\"", "milter.listen"),
             ("listen = \"unix:relative.sock\"", "milter.listen"),
-            ("listen = \"unix:/x.sock\"\nsocket_mode = \"rw\"", "milter.socket_mode"),
+            (
+                "listen = \"unix:/x.sock\"\nsocket_mode = \"rw\"",
+                "milter.socket_mode",
+            ),
             ("on_error = \"reject\"", "milter.on_error"),
             ("max_message_bytes = 0", "milter.max_message_bytes"),
         ] {

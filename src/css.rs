@@ -685,8 +685,29 @@ mod tests {
         // What `has_blocks_or_at_rules` relies on, checked against the walker itself on
         // text built from every piece that matters to it except `(`, `[`, `{` and `@`.
         let pieces = [
-            "url", "uRl", "\\75 rl", "\\", "image-set", "src", "import", "font-face", "\"a\"",
-            "'b'", "x", ";", ":", " ", "/*", "*/", "}", "]", ")", "\n", "\\28", "\\40", "!",
+            "url",
+            "uRl",
+            "\\75 rl",
+            "\\",
+            "image-set",
+            "src",
+            "import",
+            "font-face",
+            "\"a\"",
+            "'b'",
+            "x",
+            ";",
+            ":",
+            " ",
+            "/*",
+            "*/",
+            "}",
+            "]",
+            ")",
+            "\n",
+            "\\28",
+            "\\40",
+            "!",
         ];
         let mut seed = 0x2545_f491_u32;
         for _ in 0..2000 {

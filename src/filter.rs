@@ -54,7 +54,11 @@ pub struct Filtered {
 /// on unchanged.
 pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
     let mut filtered = rewrite_parts(engine, raw)?;
-    filtered.message = mime::prepend_header(&filtered.message, HEADER_NAME, &filtered.report.header_value());
+    filtered.message = mime::prepend_header(
+        &filtered.message,
+        HEADER_NAME,
+        &filtered.report.header_value(),
+    );
     Ok(filtered)
 }
 
@@ -103,7 +107,10 @@ impl SharedEngine {
 
     /// The current engine; a request keeps the one it started with.
     pub fn get(&self) -> Arc<Engine> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Swaps in a new engine (keys and tracker lists reloaded).

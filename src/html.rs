@@ -260,7 +260,11 @@ impl<'e> State<'e> {
             self.report.removed += usize::from(seen.removed);
             return seen.disposition;
         }
-        let before = (self.report.proxied, self.report.trackers, self.report.removed);
+        let before = (
+            self.report.proxied,
+            self.report.trackers,
+            self.report.removed,
+        );
         let disposition = match self.resolve(raw) {
             Resolved::Local => Disposition::Keep,
             Resolved::Bad => {
@@ -414,7 +418,10 @@ fn parse_srcset(value: &str) -> Vec<(&str, &str)> {
             return out;
         }
         // Byte scans: every delimiter here is ASCII, so each split is on a char boundary.
-        let url_end = rest.bytes().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
+        let url_end = rest
+            .bytes()
+            .position(|b| b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
         let (url, after) = rest.split_at(url_end);
         if url.ends_with(',') {
             out.push((url.trim_end_matches(','), ""));
@@ -497,9 +504,7 @@ fn selectors() -> &'static Selectors {
             every_element: parse("*"),
             style: parse("style"),
             fallback_strict: parse("noscript, noembed, noframes"),
-            fallback_lenient: parse(
-                "noscript, noembed, noframes, xmp, textarea, title, plaintext",
-            ),
+            fallback_lenient: parse("noscript, noembed, noframes, xmp, textarea, title, plaintext"),
         }
     })
 }
@@ -785,8 +790,15 @@ fn is_relevant(name: &str, tag: &str, svg: bool, has_base: bool) -> bool {
 fn is_svg_paint(name: &str) -> bool {
     matches!(
         name,
-        "fill" | "stroke" | "filter" | "mask" | "clip-path" | "marker-start" | "marker-mid"
-            | "marker-end" | "cursor"
+        "fill"
+            | "stroke"
+            | "filter"
+            | "mask"
+            | "clip-path"
+            | "marker-start"
+            | "marker-mid"
+            | "marker-end"
+            | "cursor"
     )
 }
 
@@ -852,7 +864,10 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     };
     let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
     let mut from = 0;
-    while let Some(found) = hay.get(from..).and_then(|h| memchr::memchr2(lower, upper, h)) {
+    while let Some(found) = hay
+        .get(from..)
+        .and_then(|h| memchr::memchr2(lower, upper, h))
+    {
         let at = from + found;
         let candidate = hay.get(at + 1..at + 1 + rest.len());
         if candidate.is_some_and(|c| c.eq_ignore_ascii_case(rest)) {
@@ -968,9 +983,19 @@ fn is_conditional(text: &str) -> bool {
 /// Cheap pre-check so that plain conditional wrappers (`<table>` for Outlook) skip the
 /// nested rewrite pass.
 fn may_reference(text: &str) -> bool {
-    ["src", "href", "url", "background", "//", "style", "poster", "&#", "\\"]
-        .iter()
-        .any(|needle| contains_ignore_case(text, needle))
+    [
+        "src",
+        "href",
+        "url",
+        "background",
+        "//",
+        "style",
+        "poster",
+        "&#",
+        "\\",
+    ]
+    .iter()
+    .any(|needle| contains_ignore_case(text, needle))
 }
 
 #[cfg(test)]
@@ -995,7 +1020,10 @@ mod tests {
             vec![("a.png", "1x"), ("b.png", "2x")]
         );
         assert_eq!(parse_srcset("a,b.png"), vec![("a,b.png", "")]);
-        assert_eq!(parse_srcset("a.png,, b.png 100w"), vec![("a.png", ""), ("b.png", "100w")]);
+        assert_eq!(
+            parse_srcset("a.png,, b.png 100w"),
+            vec![("a.png", ""), ("b.png", "100w")]
+        );
         assert_eq!(parse_srcset("  "), Vec::<(&str, &str)>::new());
     }
 
@@ -1022,7 +1050,11 @@ mod tests {
         assert!(!pixel(&[("width", "1")]));
         assert!(!pixel(&[("width", "600"), ("height", "1")]));
         assert!(pixel(&[("width", "600"), ("style", "height:0")]));
-        assert!(!pixel(&[("width", "1"), ("height", "1"), ("style", "width:10px")]));
+        assert!(!pixel(&[
+            ("width", "1"),
+            ("height", "1"),
+            ("style", "width:10px")
+        ]));
     }
 
     #[test]
@@ -1045,7 +1077,11 @@ mod tests {
         );
         let out = rewrite(html);
         for n in [1, 2, 5, 6, 7, 8, 9] {
-            assert!(!out.html.contains(&format!("a.example/{n}.png")), "{n}: {}", out.html);
+            assert!(
+                !out.html.contains(&format!("a.example/{n}.png")),
+                "{n}: {}",
+                out.html
+            );
         }
     }
 
@@ -1057,6 +1093,9 @@ mod tests {
             ..Report::default()
         };
         r.tracker_hosts.insert("t.example".into());
-        assert_eq!(r.header_value(), "proxied=2; trackers=1; removed=0; tracker-hosts=t.example");
+        assert_eq!(
+            r.header_value(),
+            "proxied=2; trackers=1; removed=0; tracker-hosts=t.example"
+        );
     }
 }

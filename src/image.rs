@@ -1263,10 +1263,7 @@ mod tests {
                 height: 100_000
             }
         );
-        eprintln!(
-            "dimension bomb: {} bytes refused in {elapsed:?}",
-            png.len()
-        );
+        eprintln!("dimension bomb: {} bytes refused in {elapsed:?}", png.len());
         assert!(elapsed < Duration::from_secs(1));
     }
 
@@ -1283,10 +1280,7 @@ mod tests {
         let (result, elapsed) = measure(|| sanitize(&png, &tight));
         assert!(matches!(result, Err(ImageError::Decode(_))), "{result:?}");
         eprintln!("alloc bomb: {result:?}");
-        eprintln!(
-            "alloc bomb: {} bytes refused in {elapsed:?}",
-            png.len()
-        );
+        eprintln!("alloc bomb: {} bytes refused in {elapsed:?}", png.len());
         assert!(elapsed < Duration::from_secs(1));
     }
 

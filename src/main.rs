@@ -14,19 +14,19 @@ use clap::{Parser, Subcommand};
 
 use mailveil::activation::Activation;
 use mailveil::api::ApiState;
-use mailveil::filter::SharedEngine;
-use mailveil::milter::{self, MilterState};
 use mailveil::cache::Cache;
 use mailveil::config::{Config, MilterListen, OnError, RawConfig};
 use mailveil::fetch::Fetcher;
+use mailveil::filter::SharedEngine;
+use mailveil::html::Engine;
 use mailveil::metrics::Metrics;
+use mailveil::milter::{self, MilterState};
 use mailveil::prefetch;
 use mailveil::server::{self, AppState, ServerConfig};
-use mailveil::spool::Spool;
-use tokio_util::sync::CancellationToken;
-use mailveil::html::Engine;
 use mailveil::sign::{Key, Signer};
+use mailveil::spool::Spool;
 use mailveil::trackers::TrackerRules;
+use tokio_util::sync::CancellationToken;
 
 /// sysexits.h: temporary failure, the MTA should retry.
 const EX_TEMPFAIL: u8 = 75;
@@ -44,7 +44,13 @@ const EX_CONFIG: u8 = 78;
 struct Cli {
     /// Config file (TOML). Without it and without $MAILVEIL_CONFIG, built-in defaults apply:
     /// listen on 127.0.0.1:8700, state and cache under your data and cache directories.
-    #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "MAILVEIL_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
 
     /// More log output on stderr (-v debug, -vv trace). $MAILVEIL_LOG overrides.
@@ -150,7 +156,11 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 /// Builds the rewrite engine: keys (creating the signing key on first use) and trackers.
 fn build_engine(config: &Config) -> Result<Engine> {
     let signer = load_signer(config)?;
-    Ok(Engine::new(signer, load_trackers(config)?, config.trackers.mode))
+    Ok(Engine::new(
+        signer,
+        load_trackers(config)?,
+        config.trackers.mode,
+    ))
 }
 
 fn load_signer(config: &Config) -> Result<Signer> {
@@ -175,14 +185,16 @@ fn run_serve(config_path: Option<&Path>) -> Result<()> {
 }
 
 async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
-    let state = Arc::new(AppState::new(
-        load_signer(&config)?,
-        Cache::open(config.cache.clone()).context("cache.dir")?,
-        Fetcher::new(config.fetch.clone()),
-        config.images.clone(),
-        Arc::new(Metrics::new()),
-    )
-    .with_on_miss(config.on_miss));
+    let state = Arc::new(
+        AppState::new(
+            load_signer(&config)?,
+            Cache::open(config.cache.clone()).context("cache.dir")?,
+            Fetcher::new(config.fetch.clone()),
+            config.images.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .with_on_miss(config.on_miss),
+    );
     let spool = Spool::open(&config.spool_dir).context("prefetch.spool_dir")?;
     let tls = match &config.server.tls {
         Some((cert, key)) => Some(server::load_tls(cert, key)?),
@@ -190,14 +202,23 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     };
     // Sockets systemd opened for us (mailveil.socket) replace the matching binds.
     let mut activation = Activation::from_env()?;
-    let listener = match activation.take_tcp(config.listen).context("server.listen: inherited socket")? {
+    let listener = match activation
+        .take_tcp(config.listen)
+        .context("server.listen: inherited socket")?
+    {
         Some(inherited) => {
             tracing::info!(listen = %config.listen, "using the socket passed by systemd");
-            tokio::net::TcpListener::from_std(inherited).context("server.listen: inherited socket")?
+            tokio::net::TcpListener::from_std(inherited)
+                .context("server.listen: inherited socket")?
         }
         None => tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("server.listen = {:?}: cannot listen", config.listen.to_string()))?,
+            .with_context(|| {
+                format!(
+                    "server.listen = {:?}: cannot listen",
+                    config.listen.to_string()
+                )
+            })?,
     };
     spawn_eviction(state.cache.clone());
     let stop_prefetch = CancellationToken::new();
@@ -223,9 +244,16 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         Some(Arc::new(SharedEngine::new(build_engine(&config)?)))
     };
     let api = match &engine {
-        Some(engine) if !tokens.is_empty() => {
-            Some(spawn_api(&config, engine.clone(), &tokens, &mut activation, stop.clone()).await?)
-        }
+        Some(engine) if !tokens.is_empty() => Some(
+            spawn_api(
+                &config,
+                engine.clone(),
+                &tokens,
+                &mut activation,
+                stop.clone(),
+            )
+            .await?,
+        ),
         _ => {
             tracing::info!("rewrite API off (no api.tokens)");
             None
@@ -257,7 +285,13 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         shutdown_signal().await;
         stopping.cancel();
     });
-    server::run(listener, state, server_config, stop.clone().cancelled_owned()).await?;
+    server::run(
+        listener,
+        state,
+        server_config,
+        stop.clone().cancelled_owned(),
+    )
+    .await?;
     stop.cancel();
     if let Some(api) = api {
         let _ = api.await;
@@ -291,14 +325,22 @@ async fn spawn_api(
         tokens,
         config.api.max_body,
     ));
-    let listener = match activation.take_tcp(config.api.listen).context("api.listen: inherited socket")? {
+    let listener = match activation
+        .take_tcp(config.api.listen)
+        .context("api.listen: inherited socket")?
+    {
         Some(inherited) => {
             tracing::info!(listen = %config.api.listen, "rewrite API using the socket passed by systemd");
             tokio::net::TcpListener::from_std(inherited).context("api.listen: inherited socket")?
         }
         None => tokio::net::TcpListener::bind(config.api.listen)
             .await
-            .with_context(|| format!("api.listen = {:?}: cannot listen", config.api.listen.to_string()))?,
+            .with_context(|| {
+                format!(
+                    "api.listen = {:?}: cannot listen",
+                    config.api.listen.to_string()
+                )
+            })?,
     };
     tracing::info!(listen = %config.api.listen, "rewrite API serving");
     let api_config = ServerConfig {
@@ -331,7 +373,9 @@ fn spawn_milter(
         metrics,
         &config.milter,
     ));
-    let listener = match milter::Listener::inherited(listen, activation).context("milter.listen: inherited socket")? {
+    let listener = match milter::Listener::inherited(listen, activation)
+        .context("milter.listen: inherited socket")?
+    {
         Some(inherited) => {
             tracing::info!(listen = %listen, "milter using the socket passed by systemd");
             inherited
@@ -339,13 +383,22 @@ fn spawn_milter(
         None => milter::Listener::bind(listen)
             .with_context(|| format!("milter.listen = {:?}: cannot listen", listen.to_string()))?,
     };
-    Ok(tokio::spawn(milter::run(listener, state, config.server.max_connections, stop)))
+    Ok(tokio::spawn(milter::run(
+        listener,
+        state,
+        config.server.max_connections,
+        stop,
+    )))
 }
 
 /// On SIGHUP, re-reads the config file and the keys (and the tracker lists the API and the
 /// milter use) and swaps them in; connections stay open. Listen addresses and limits need a
 /// restart. A bad new config is reported and the running one kept.
-fn spawn_reload(config_path: Option<PathBuf>, state: Arc<AppState>, engine: Option<Arc<SharedEngine>>) {
+fn spawn_reload(
+    config_path: Option<PathBuf>,
+    state: Arc<AppState>,
+    engine: Option<Arc<SharedEngine>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
@@ -443,7 +496,10 @@ fn run_rewrite(config: Option<&Path>, file: Option<&Path>) -> Result<()> {
 
 fn read_all_stdin() -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .context("cannot read stdin")?;
     Ok(bytes)
 }
 
@@ -466,7 +522,11 @@ fn run_man() -> Result<()> {
     clap_mangen::Man::new(command.clone()).render(&mut out)?;
     // One section per subcommand, so `man` shows their options too.
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-        writeln!(out, ".SH \"MAILVEIL {}\"", sub.get_name().to_ascii_uppercase())?;
+        writeln!(
+            out,
+            ".SH \"MAILVEIL {}\"",
+            sub.get_name().to_ascii_uppercase()
+        )?;
         let page = clap_mangen::Man::new(sub.clone());
         page.render_description_section(&mut out)?;
         page.render_options_section(&mut out)?;
@@ -500,7 +560,10 @@ fn run_filter(config_path: Option<&Path>) -> ExitCode {
         .as_ref()
         .map(|c| c.filter.max_message_bytes)
         .unwrap_or(RawConfig::default().filter.max_message_bytes);
-    let on_error = config.as_ref().map(|c| c.filter.on_error).unwrap_or(OnError::Pass);
+    let on_error = config
+        .as_ref()
+        .map(|c| c.filter.on_error)
+        .unwrap_or(OnError::Pass);
     let input = match read_limited_stdin(limit) {
         Ok(input) => input,
         Err(e) => {
@@ -512,7 +575,9 @@ fn run_filter(config_path: Option<&Path>) -> ExitCode {
     let outcome = match (&input, config) {
         (Input::TooLarge(_), _) => {
             // A size policy, not a failure: retrying would not make the message smaller.
-            eprintln!("mailveil filter: message larger than {limit} bytes, passed through unchanged");
+            eprintln!(
+                "mailveil filter: message larger than {limit} bytes, passed through unchanged"
+            );
             return write_or_tempfail(|out| input.write_original(out));
         }
         (Input::Whole(_), Err(e)) => Err(e.context("configuration")),
@@ -587,7 +652,10 @@ impl Input {
 
 fn read_limited_stdin(limit: u64) -> std::io::Result<Input> {
     let mut bytes = Vec::new();
-    std::io::stdin().lock().take(limit + 1).read_to_end(&mut bytes)?;
+    std::io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         Ok(Input::TooLarge(bytes))
     } else {

@@ -190,7 +190,11 @@ impl Metrics {
         let cache_misses = Counter::default();
         registry.register("cache_misses", "Cache misses", cache_misses.clone());
         let fetches = Family::<ResultLabels, Counter>::default();
-        registry.register("upstream_fetches", "Upstream fetches by result", fetches.clone());
+        registry.register(
+            "upstream_fetches",
+            "Upstream fetches by result",
+            fetches.clone(),
+        );
         let bytes_served = Counter::default();
         registry.register("response_bytes", "Body bytes served", bytes_served.clone());
         // 100 µs to ~26 s.
@@ -207,7 +211,11 @@ impl Metrics {
             open_time_fetches.clone(),
         );
         let placeholders = Counter::default();
-        registry.register("placeholders", "Misses answered with the neutral placeholder", placeholders.clone());
+        registry.register(
+            "placeholders",
+            "Misses answered with the neutral placeholder",
+            placeholders.clone(),
+        );
         let tracking_pixels = Counter::default();
         registry.register(
             "tracking_pixels",
@@ -215,15 +223,35 @@ impl Metrics {
             tracking_pixels.clone(),
         );
         let spool_jobs = Gauge::default();
-        registry.register("spool_jobs", "Prefetch jobs waiting in the spool at the last scan", spool_jobs.clone());
+        registry.register(
+            "spool_jobs",
+            "Prefetch jobs waiting in the spool at the last scan",
+            spool_jobs.clone(),
+        );
         let prefetch_jobs = Counter::default();
-        registry.register("prefetch_jobs", "Prefetch jobs finished", prefetch_jobs.clone());
+        registry.register(
+            "prefetch_jobs",
+            "Prefetch jobs finished",
+            prefetch_jobs.clone(),
+        );
         let prefetch_urls = Family::<ResultLabels, Counter>::default();
-        registry.register("prefetch_urls", "Prefetched URLs by result", prefetch_urls.clone());
+        registry.register(
+            "prefetch_urls",
+            "Prefetched URLs by result",
+            prefetch_urls.clone(),
+        );
         let prefetch_retries = Counter::default();
-        registry.register("prefetch_retries", "Prefetch retries after transient failures", prefetch_retries.clone());
+        registry.register(
+            "prefetch_retries",
+            "Prefetch retries after transient failures",
+            prefetch_retries.clone(),
+        );
         let milter_messages = Family::<MilterLabels, Counter>::default();
-        registry.register("milter_messages", "Messages seen by the milter, by outcome", milter_messages.clone());
+        registry.register(
+            "milter_messages",
+            "Messages seen by the milter, by outcome",
+            milter_messages.clone(),
+        );
         Self {
             milter_messages,
             open_time_fetches,
@@ -245,12 +273,16 @@ impl Metrics {
 
     /// Counts a message the milter finished.
     pub fn milter_message(&self, outcome: MilterOutcome) {
-        self.milter_messages.get_or_create(&MilterLabels { outcome }).inc();
+        self.milter_messages
+            .get_or_create(&MilterLabels { outcome })
+            .inc();
     }
 
     /// Counts a finished image request and its duration.
     pub fn request(&self, outcome: Outcome, seconds: f64) {
-        self.requests.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         self.latency.observe(seconds);
     }
 
@@ -301,8 +333,14 @@ impl Metrics {
 
     /// Counts a prefetched URL, cached (`true`) or failed for good.
     pub fn prefetch_url(&self, cached: bool) {
-        let result = if cached { FetchResult::Ok } else { FetchResult::Error };
-        self.prefetch_urls.get_or_create(&ResultLabels { result }).inc();
+        let result = if cached {
+            FetchResult::Ok
+        } else {
+            FetchResult::Error
+        };
+        self.prefetch_urls
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a prefetch retry.

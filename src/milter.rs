@@ -53,7 +53,12 @@ pub struct MilterState {
 
 impl MilterState {
     /// Shared state; `engine` is the one the rewrite API uses, so SIGHUP reloads both.
-    pub fn new(engine: Arc<SharedEngine>, spool: Spool, metrics: Arc<Metrics>, settings: &MilterSettings) -> Self {
+    pub fn new(
+        engine: Arc<SharedEngine>,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        settings: &MilterSettings,
+    ) -> Self {
         Self {
             engine,
             spool,
@@ -120,7 +125,10 @@ impl Session {
         let metrics = self.state.metrics.clone();
         if self.too_large {
             metrics.milter_message(MilterOutcome::TooLarge);
-            tracing::info!(limit = self.state.max_message_bytes, "milter: message too large, passed unchanged");
+            tracing::info!(
+                limit = self.state.max_message_bytes,
+                "milter: message too large, passed unchanged"
+            );
             return ModificationResponse::empty_continue();
         }
         let Some(body_start) = self.body_start else {
@@ -163,7 +171,11 @@ impl Session {
                 // With SMFIP_HDR_LEADSPC the MTA writes the value exactly as given, so the
                 // space after the colon is ours to send.
                 let value = filtered.report.header_value();
-                let value = if self.leading_space { format!(" {value}") } else { value };
+                let value = if self.leading_space {
+                    format!(" {value}")
+                } else {
+                    value
+                };
                 builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
                 metrics.milter_message(if changed {
                     MilterOutcome::Rewritten
@@ -197,7 +209,10 @@ impl Session {
                 ModificationResponse::empty_continue()
             }
             MilterOnError::Tempfail => {
-                tracing::warn!(reason, "milter: temporary failure returned; the MTA will retry");
+                tracing::warn!(
+                    reason,
+                    "milter: temporary failure returned; the MTA will retry"
+                );
                 ModificationResponse::builder().build(Tempfail)
             }
         }
@@ -221,10 +236,15 @@ fn push_crlf_lines(out: &mut Vec<u8>, value: &[u8]) {
 impl Milter for Session {
     type Error = std::convert::Infallible;
 
-    async fn option_negotiation(&mut self, theirs: OptNeg) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
+    async fn option_negotiation(
+        &mut self,
+        theirs: OptNeg,
+    ) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
         // Only the header fields and the body are needed: the MTA skips everything else.
         let wanted = OptNeg {
-            capabilities: Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGHDRS | Capability::SMFIF_CHGBODY,
+            capabilities: Capability::SMFIF_ADDHDRS
+                | Capability::SMFIF_CHGHDRS
+                | Capability::SMFIF_CHGBODY,
             protocol: Protocol::NO_CONNECT
                 | Protocol::NO_HELO
                 | Protocol::NO_MAIL
@@ -305,7 +325,13 @@ impl Listener {
             }
             MilterListen::Unix(path, mode) => {
                 let listener = bind_unix(path, *mode)?;
-                Ok(Self::Unix(listener, SocketFile { path: path.clone(), remove: true }))
+                Ok(Self::Unix(
+                    listener,
+                    SocketFile {
+                        path: path.clone(),
+                        remove: true,
+                    },
+                ))
             }
         }
     }
@@ -315,7 +341,10 @@ impl Listener {
     ///
     /// # Errors
     /// When the inherited socket cannot be handed to tokio.
-    pub fn inherited(listen: &MilterListen, activation: &mut Activation) -> std::io::Result<Option<Self>> {
+    pub fn inherited(
+        listen: &MilterListen,
+        activation: &mut Activation,
+    ) -> std::io::Result<Option<Self>> {
         match listen {
             MilterListen::Inet(addr) => activation
                 .take_tcp(*addr)?
@@ -324,7 +353,10 @@ impl Listener {
             MilterListen::Unix(path, _) => activation
                 .take_unix(path)?
                 .map(|l| {
-                    let file = SocketFile { path: path.clone(), remove: false };
+                    let file = SocketFile {
+                        path: path.clone(),
+                        remove: false,
+                    };
                     UnixListener::from_std(l).map(|l| Self::Unix(l, file))
                 })
                 .transpose(),
@@ -337,7 +369,12 @@ impl Listener {
 ///
 /// # Errors
 /// None today; the signature leaves room for fatal listener errors.
-pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usize, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    listener: Listener,
+    state: Arc<MilterState>,
+    max_sessions: usize,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(max_sessions));
     let tracker = TaskTracker::new();
     tracing::info!(listen = %describe(&listener), "milter listening");
@@ -383,13 +420,19 @@ pub async fn run(listener: Listener, state: Arc<MilterState>, max_sessions: usiz
 
 fn describe(listener: &Listener) -> String {
     match listener {
-        Listener::Inet(l) => l.local_addr().map_or_else(|_| "inet:?".into(), |a| format!("inet:{a}")),
+        Listener::Inet(l) => l
+            .local_addr()
+            .map_or_else(|_| "inet:?".into(), |a| format!("inet:{a}")),
         Listener::Unix(_, file) => format!("unix:{}", file.path.display()),
     }
 }
 
-fn spawn_session<S>(tracker: &TaskTracker, permit: OwnedSemaphorePermit, state: &Arc<MilterState>, stream: S)
-where
+fn spawn_session<S>(
+    tracker: &TaskTracker,
+    permit: OwnedSemaphorePermit,
+    state: &Arc<MilterState>,
+    stream: S,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut session = Session::new(state.clone());

@@ -53,7 +53,10 @@ struct Limits {
 
 impl Limits {
     fn host(&self, host: &str) -> Arc<Semaphore> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Idle hosts are dropped so the map does not grow with every sender ever seen.
         if hosts.len() > 4096 {
             hosts.retain(|_, s| Arc::strong_count(s) > 1);
@@ -67,7 +70,12 @@ impl Limits {
 
 /// Drains `spool` until `stop` is cancelled. Jobs in progress at that moment stay in the
 /// spool and are picked up again on the next start.
-pub async fn run(spool: Spool, state: Arc<AppState>, config: PrefetchConfig, stop: CancellationToken) {
+pub async fn run(
+    spool: Spool,
+    state: Arc<AppState>,
+    config: PrefetchConfig,
+    stop: CancellationToken,
+) {
     let limits = Arc::new(Limits {
         global: Semaphore::new(config.concurrency.max(1)),
         per_host: config.per_host.max(1),
@@ -136,7 +144,12 @@ impl JobRun {
         };
         let mut urls = JoinSet::new();
         for url in job.urls {
-            urls.spawn(prefetch_url(self.state.clone(), self.limits.clone(), self.config.clone(), url));
+            urls.spawn(prefetch_url(
+                self.state.clone(),
+                self.limits.clone(),
+                self.config.clone(),
+                url,
+            ));
         }
         let mut failed = 0usize;
         while let Some(outcome) = urls.join_next().await {
@@ -149,14 +162,21 @@ impl JobRun {
                 self.state.metrics.prefetch_job_done();
                 tracing::debug!(job = self.id.as_str(), failed, "prefetch job done");
             }
-            Err(e) => tracing::warn!(job = self.id.as_str(), error = %e, "cannot remove a finished job"),
+            Err(e) => {
+                tracing::warn!(job = self.id.as_str(), error = %e, "cannot remove a finished job")
+            }
         }
         lock(&self.active).remove(&self.id);
     }
 }
 
 /// Fetches one URL into the cache, retrying transient failures.
-async fn prefetch_url(state: Arc<AppState>, limits: Arc<Limits>, config: PrefetchConfig, url: String) -> UrlOutcome {
+async fn prefetch_url(
+    state: Arc<AppState>,
+    limits: Arc<Limits>,
+    config: PrefetchConfig,
+    url: String,
+) -> UrlOutcome {
     let Ok(target) = Url::parse(&url) else {
         state.metrics.prefetch_url(false);
         return UrlOutcome::Failed;

@@ -125,7 +125,10 @@ impl AppState {
     ///
     /// # Errors
     /// The shared [`ProxyError`] of the fetch.
-    pub async fn load(self: &Arc<Self>, target: &Url) -> Result<(Arc<Entry>, Source), Arc<ProxyError>> {
+    pub async fn load(
+        self: &Arc<Self>,
+        target: &Url,
+    ) -> Result<(Arc<Entry>, Source), Arc<ProxyError>> {
         let state = self.clone();
         let owned = target.clone();
         self.cache
@@ -205,7 +208,10 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with(listener, config, shutdown, move |req| handle(state.clone(), req)).await
+    serve_with(listener, config, shutdown, move |req| {
+        handle(state.clone(), req)
+    })
+    .await
 }
 
 /// The accept loop shared by the image endpoint and the rewrite API: bounded connections,
@@ -303,7 +309,10 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Routes one request. Never fails: every error is a response.
-async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => plain(StatusCode::OK, "ok\n"),
@@ -343,7 +352,10 @@ async fn image(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body>
     let (response, outcome) = match state.signer().verify(req.uri().path()) {
         Err(e) => {
             tracing::debug!(error = %e, "refused proxy request");
-            (plain(StatusCode::FORBIDDEN, "forbidden\n"), Outcome::BadSignature)
+            (
+                plain(StatusCode::FORBIDDEN, "forbidden\n"),
+                Outcome::BadSignature,
+            )
         }
         Ok(signed) => serve_target(state, signed.target(), req).await,
     };
@@ -386,7 +398,10 @@ async fn serve_target(
             tracing::debug!(host = host(), url = %url_hash(), error = %e, "proxy request failed");
             let status = e.status();
             let reason = status.canonical_reason().unwrap_or("error");
-            (plain(status, &format!("{}\n", reason.to_ascii_lowercase())), e.outcome())
+            (
+                plain(status, &format!("{}\n", reason.to_ascii_lowercase())),
+                e.outcome(),
+            )
         }
     }
 }
@@ -406,9 +421,9 @@ fn record_source(metrics: &Metrics, source: Source) {
 
 /// A 1×1 transparent GIF, served when `prefetch.on_miss = "placeholder"` finds nothing.
 const PLACEHOLDER_GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// The neutral image; not cacheable by the client, so a later prefetch can still show.
@@ -416,7 +431,10 @@ fn placeholder() -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(PLACEHOLDER_GIF)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(PLACEHOLDER_GIF.len()));
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(PLACEHOLDER_GIF.len()),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     add_security_headers(h);
     r
@@ -444,9 +462,10 @@ async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, 
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
     let policy = state.images.clone();
-    let sanitized = tokio::task::spawn_blocking(move || crate::image::sanitize(&fetched.body, &policy))
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    let sanitized =
+        tokio::task::spawn_blocking(move || crate::image::sanitize(&fetched.body, &policy))
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))??;
     Ok(NewEntry {
         content_type: sanitized.kind.content_type().to_owned(),
         is_pixel: sanitized.is_pixel,
@@ -538,15 +557,23 @@ pub fn short_hash(url: &str) -> String {
 ///
 /// # Errors
 /// Unreadable files, no certificate, no key, or a key that does not match.
-pub fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use anyhow::Context as _;
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("server.tls_cert {}", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "server.tls_cert {}: no certificate found", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("server.tls_key {}: no private key read", key.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "server.tls_cert {}: no certificate found",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("server.tls_key {}: no private key read", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -115,7 +115,8 @@ impl Key {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(key_io(path, e)),
         }
-        let key = Self::generate().map_err(|e| key_io(path, std::io::Error::other(e.to_string())))?;
+        let key =
+            Self::generate().map_err(|e| key_io(path, std::io::Error::other(e.to_string())))?;
         write_new_key_file(path, &key).map_err(|e| key_io(path, e))?;
         Self::load(path)
     }
@@ -196,7 +197,8 @@ impl Signer {
     pub fn sign<'u>(&self, target: impl Into<WebUrl<'u>>) -> String {
         let target = target.into();
         let tag = mac(&self.current, target.as_str());
-        let mut out = String::with_capacity(self.prefix.len() + 24 + target.as_str().len() * 4 / 3 + 4);
+        let mut out =
+            String::with_capacity(self.prefix.len() + 24 + target.as_str().len() * 4 / 3 + 4);
         out.push_str(&self.prefix);
         URL_SAFE_NO_PAD.encode_string(tag, &mut out);
         out.push('/');
@@ -336,7 +338,15 @@ mod tests {
     #[test]
     fn malformed_paths() {
         let s = signer(vec![]);
-        for p in ["", "/", "/i/", "/i/abc", "/x/a/b", "/i/!!!/aaaa", "/i/AAAAAAAAAAAAAAAAAAAAAA/%%%"] {
+        for p in [
+            "",
+            "/",
+            "/i/",
+            "/i/abc",
+            "/x/a/b",
+            "/i/!!!/aaaa",
+            "/i/AAAAAAAAAAAAAAAAAAAAAA/%%%",
+        ] {
             assert!(s.verify(p).is_err(), "{p}");
         }
     }
@@ -344,7 +354,11 @@ mod tests {
     #[test]
     fn rotation_previous_keys_verify_but_do_not_sign() {
         let target = Url::parse("https://a.example/x.png").unwrap();
-        let old = Signer::new(&Url::parse("https://proxy.example").unwrap(), key(1), vec![]);
+        let old = Signer::new(
+            &Url::parse("https://proxy.example").unwrap(),
+            key(1),
+            vec![],
+        );
         let old_url = old.sign(&target);
         let rotated = signer(vec![key(1)]);
         assert!(rotated.verify(path_of(&old_url)).is_ok());
@@ -372,7 +386,11 @@ mod tests {
         let first = Key::load_or_create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
         let second = Key::load_or_create(&path).unwrap();
         assert_eq!(first.to_hex(), second.to_hex());

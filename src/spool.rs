@@ -277,7 +277,9 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn urls(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("https://t.example/{i}.png")).collect()
+        (0..n)
+            .map(|i| format!("https://t.example/{i}.png"))
+            .collect()
     }
 
     #[test]

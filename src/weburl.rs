@@ -210,9 +210,16 @@ mod tests {
         assert_eq!(url.query(), fast.query(), "{text:?}");
         // `<base href>` makes no difference to an absolute http(s) URL, whichever scheme
         // the base has.
-        for base in ["https://base.example/dir/page?q#f", "http://base.example:81/"] {
+        for base in [
+            "https://base.example/dir/page?q#f",
+            "http://base.example:81/",
+        ] {
             let joined = Url::parse(base).and_then(|base| base.join(text));
-            assert_eq!(joined.as_ref().map(Url::as_str), Ok(text), "{text:?} against {base}");
+            assert_eq!(
+                joined.as_ref().map(Url::as_str),
+                Ok(text),
+                "{text:?} against {base}"
+            );
         }
         true
     }
@@ -227,7 +234,10 @@ mod tests {
             "https://a.example/%E2%9C%93/...//x.png?q=a?b/c",
             "https://x1.example/1x1'.gif?e=ab",
         ] {
-            assert!(assert_agrees_with_url(text), "{text} should take the fast path");
+            assert!(
+                assert_agrees_with_url(text),
+                "{text} should take the fast path"
+            );
         }
     }
 
@@ -260,7 +270,10 @@ mod tests {
             "https:///a.example/",
             "ftp://a.example/",
         ] {
-            assert!(WebUrl::canonical(text).is_none(), "{text} must be left to the parser");
+            assert!(
+                WebUrl::canonical(text).is_none(),
+                "{text} must be left to the parser"
+            );
         }
     }
 
@@ -268,17 +281,21 @@ mod tests {
     fn generated_urls_agree_with_the_url_crate() {
         // Mostly plain pieces, mixed with every byte class the parser treats specially; a
         // small LCG keeps the run deterministic.
-        let schemes = ["https://", "http://", "https://", "http://", "HTTP://", "https:/"];
+        let schemes = [
+            "https://", "http://", "https://", "http://", "HTTP://", "https:/",
+        ];
         let plain_labels = ["a", "mail", "x1", "e-2", "com", "example", "b"];
         let odd_labels = [
             "0", "9", "-", "", "xn--", "0x", "A", "_", "%41", ":80", "@", "[", "a--b", "\u{e9}",
         ];
         let plain_path = ["/", "/", "a", "b.png", "~", "!$&'()*+,;=:@", "%20", "..."];
         let odd_path = [
-            ".", "..", "%2e", "%2E", "%", "\"", "<", ">", "`", "{", "}", "|", "^", "\\", " ",
-            "\t", "\u{7f}", "\u{e9}", "[]", "#", "#x",
+            ".", "..", "%2e", "%2E", "%", "\"", "<", ">", "`", "{", "}", "|", "^", "\\", " ", "\t",
+            "\u{7f}", "\u{e9}", "[]", "#", "#x",
         ];
-        let plain_query = ["a=1", "&", "b", "%41", "=", "/", "?", "|", "^", "`", "{", "}"];
+        let plain_query = [
+            "a=1", "&", "b", "%41", "=", "/", "?", "|", "^", "`", "{", "}",
+        ];
         let odd_query = ["%", "'", "\"", "<", ">", "\\", " ", "#", "\u{1}", "\u{e9}"];
         let mut seed = 0x9e37_79b9_u32;
         let mut pick = |n: usize| {

@@ -47,8 +47,11 @@ impl Activated {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.wait(Duration::from_secs(20)).expect("serve stops on SIGTERM")
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait(Duration::from_secs(20))
+            .expect("serve stops on SIGTERM")
     }
 
     fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -111,29 +114,45 @@ async fn serve_uses_the_sockets_systemd_opened() {
     wait_healthy(&format!("http://127.0.0.1:{port}")).await;
     let log = daemon.log();
     assert!(log.contains("using the socket passed by systemd"), "{log}");
-    assert!(log.contains("rewrite API using the socket passed by systemd"), "{log}");
-    assert!(log.contains("milter using the socket passed by systemd"), "{log}");
+    assert!(
+        log.contains("rewrite API using the socket passed by systemd"),
+        "{log}"
+    );
+    assert!(
+        log.contains("milter using the socket passed by systemd"),
+        "{log}"
+    );
 
     // The API answers on its inherited socket (401: no token sent).
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let req = http::Request::post(format!("http://127.0.0.1:{api_port}/api/v1/rewrite"))
         .header("content-type", "text/html")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"<img src=\"http://a.example/x.png\">")))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"<img src=\"http://a.example/x.png\">",
+        )))
         .expect("request");
     let resp = client.request(req).await.expect("API answers");
     assert_eq!(resp.status(), 401);
 
     // The milter rewrites on its inherited unix socket.
     let (message, _, _) = newsletter(3);
-    let stream = tokio::net::UnixStream::connect(&milter_sock).await.expect("connect to the milter");
+    let stream = tokio::net::UnixStream::connect(&milter_sock)
+        .await
+        .expect("connect to the milter");
     let response = converse_on(stream.compat(), &Sent::parse(&message)).await;
     let Changes { body, added, .. } = replacement(&response);
-    assert!(body.is_some() && added.len() == 1, "milter rewrote the message");
+    assert!(
+        body.is_some() && added.len() == 1,
+        "milter rewrote the message"
+    );
 
     assert!(daemon.terminate().success(), "{}", daemon.log());
     // The socket file belongs to systemd (the socket unit), which keeps it across restarts.
-    assert!(milter_sock.exists(), "an inherited unix socket is left in place");
+    assert!(
+        milter_sock.exists(),
+        "an inherited unix socket is left in place"
+    );
 }
 
 #[tokio::test]
@@ -145,8 +164,14 @@ async fn a_socket_matching_no_listen_address_stops_serve() {
     let mut daemon = Activated::spawn(d, &[format!("127.0.0.1:{stray}")], &config);
     // The launcher starts the daemon on the first connection.
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", stray)).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "launcher not listening");
+    while tokio::net::TcpStream::connect(("127.0.0.1", stray))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "launcher not listening"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = daemon.wait(Duration::from_secs(20)).expect("serve exits");
@@ -157,7 +182,9 @@ async fn a_socket_matching_no_listen_address_stops_serve() {
         "error names the stray socket: {log}"
     );
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
         "nothing served on server.listen"
     );
 }

@@ -42,10 +42,17 @@ async fn start() -> Api {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let api = Api { child, dir, base: format!("http://127.0.0.1:{api_port}") };
+    let api = Api {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{api_port}"),
+    };
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", api_port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "api never listened");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "api never listened"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     api
@@ -53,17 +60,32 @@ async fn start() -> Api {
 
 fn jobs(api: &Api) -> usize {
     std::fs::read_dir(api.dir.path().join("spool"))
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".job")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
-async fn post(api: &Api, content_type: &str, token: Option<&str>, body: &str) -> crate::server::Got {
+async fn post(
+    api: &Api,
+    content_type: &str,
+    token: Option<&str>,
+    body: &str,
+) -> crate::server::Got {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("content-type", content_type)];
     if let Some(auth) = auth.as_deref() {
         headers.push(("authorization", auth));
     }
-    crate::server::request_with_body("POST", &format!("{}/api/v1/rewrite", api.base), &headers, body.as_bytes().to_vec()).await
+    crate::server::request_with_body(
+        "POST",
+        &format!("{}/api/v1/rewrite", api.base),
+        &headers,
+        body.as_bytes().to_vec(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -71,23 +93,46 @@ async fn api_requires_a_token_limits_size_and_rewrites() {
     let api = start().await;
     let html = r#"<p>hi</p><img src="https://img.remote.test/a.png"><img src="https://img.remote.test/b.png">"#;
     assert_eq!(post(&api, "text/html", None, html).await.status, 401);
-    assert_eq!(post(&api, "text/html", Some("wrong-token-0123456789"), html).await.status, 401);
-    assert_eq!(request("GET", &format!("{}/api/v1/rewrite", api.base), &[("authorization", &format!("Bearer {TOKEN}"))]).await.status, 405);
+    assert_eq!(
+        post(&api, "text/html", Some("wrong-token-0123456789"), html)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        request(
+            "GET",
+            &format!("{}/api/v1/rewrite", api.base),
+            &[("authorization", &format!("Bearer {TOKEN}"))]
+        )
+        .await
+        .status,
+        405
+    );
     assert_eq!(jobs(&api), 0, "nothing queued for strangers");
 
     let big = "x".repeat(70_000);
     assert_eq!(post(&api, "text/html", Some(TOKEN), &big).await.status, 413);
-    assert_eq!(post(&api, "application/json", Some(TOKEN), "{}").await.status, 415);
+    assert_eq!(
+        post(&api, "application/json", Some(TOKEN), "{}")
+            .await
+            .status,
+        415
+    );
 
     let got = post(&api, "text/html; charset=utf-8", Some(TOKEN), html).await;
     assert_eq!(got.status, 200);
     let out = String::from_utf8_lossy(&got.body).into_owned();
     assert!(leaks(&out, &[]).is_empty(), "{out}");
     assert_eq!(out.matches("/i/").count(), 2);
-    assert_eq!(got.headers["x-mailveil"], "proxied=2; trackers=0; removed=0");
+    assert_eq!(
+        got.headers["x-mailveil"],
+        "proxied=2; trackers=0; removed=0"
+    );
     assert_eq!(jobs(&api), 1, "a prefetch job was queued");
 
-    let message = format!("From: a@b.example\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n{html}\r\n");
+    let message =
+        format!("From: a@b.example\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n{html}\r\n");
     let got = post(&api, "message/rfc822", Some(TOKEN), &message).await;
     assert_eq!(got.status, 200);
     let out = String::from_utf8_lossy(&got.body).into_owned();

@@ -16,7 +16,11 @@ fn help_lists_every_subcommand() {
     let out = run_binary(&["--help"], b"", &[], home.path());
     assert!(out.status.success());
     for cmd in ["filter", "rewrite", "sign", "keygen", "check-config"] {
-        assert!(stdout(&out).contains(cmd), "--help lacks {cmd}:\n{}", stdout(&out));
+        assert!(
+            stdout(&out).contains(cmd),
+            "--help lacks {cmd}:\n{}",
+            stdout(&out)
+        );
     }
 }
 
@@ -36,7 +40,9 @@ fn sign_prints_a_verifiable_url() {
     let out = sandbox.run(&["sign", "https://img.example/a.png?x=1"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     let url = stdout(&out).trim().to_owned();
-    let signed = signer().verify(url.strip_prefix(PUBLIC_URL).expect("prefix")).expect("verifies");
+    let signed = signer()
+        .verify(url.strip_prefix(PUBLIC_URL).expect("prefix"))
+        .expect("verifies");
     assert_eq!(signed.target().as_str(), "https://img.example/a.png?x=1");
     let bad = sandbox.run(&["sign", "file:///etc/passwd"], b"");
     assert!(!bad.status.success());
@@ -50,7 +56,11 @@ fn defaults_create_the_key_on_first_use_with_mode_0600() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("http://127.0.0.1:8700/i/"));
     let key = home.path().join(".local/share/mailveil/key");
-    let mode = std::fs::metadata(&key).expect("key created").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&key)
+        .expect("key created")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let again = run_binary(&["sign", "https://a.example/x.png"], b"", &[], home.path());
     assert_eq!(stdout(&out), stdout(&again), "the key is kept between runs");
@@ -61,7 +71,11 @@ fn example_config_loads() {
     let home = tempfile::tempdir().expect("tempdir");
     let example = data("../../config.example.toml");
     let out = run_binary(
-        &["check-config", "--config", example.to_str().expect("utf-8 path")],
+        &[
+            "check-config",
+            "--config",
+            example.to_str().expect("utf-8 path"),
+        ],
         b"",
         &[],
         home.path(),
@@ -84,7 +98,11 @@ fn check_config_reports_a_missing_tracker_list() {
     let sandbox = Sandbox::new("[trackers]\nlists = [\"/nonexistent/list.txt\"]\n");
     let out = sandbox.run(&["check-config"], b"");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("trackers.lists[0]"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("trackers.lists[0]"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -93,10 +111,28 @@ fn tracker_list_from_config_is_applied() {
     let list = sandbox.dir.path().join("list.txt");
     std::fs::write(&list, "! Title: test list\n||pixel.tracker.example^\n").expect("list");
     let config = format!("[trackers]\nlists = [\"{}\"]\n", list.display());
-    let sandbox = Sandbox { config: { let p = sandbox.dir.path().join("b.toml"); std::fs::write(&p, std::fs::read_to_string(&sandbox.config).expect("cfg") + &config).expect("write"); p }, ..sandbox };
-    let out = sandbox.run(&["rewrite"], br#"<img src="https://pixel.tracker.example/o.gif"><img src="https://ok.example/a.png">"#);
+    let sandbox = Sandbox {
+        config: {
+            let p = sandbox.dir.path().join("b.toml");
+            std::fs::write(
+                &p,
+                std::fs::read_to_string(&sandbox.config).expect("cfg") + &config,
+            )
+            .expect("write");
+            p
+        },
+        ..sandbox
+    };
+    let out = sandbox.run(
+        &["rewrite"],
+        br#"<img src="https://pixel.tracker.example/o.gif"><img src="https://ok.example/a.png">"#,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stdout(&out).contains("pixel.tracker.example"), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("pixel.tracker.example"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(stdout(&out).matches("/i/").count(), 1, "{}", stdout(&out));
 }
 
@@ -117,20 +153,34 @@ fn example_config_documents_every_key_with_its_default() {
         .expect("read example")
         .parse()
         .expect("example is TOML");
-    let defaults: toml::Table = mailveil::config::RawConfig::default().to_toml().parse().expect("defaults");
+    let defaults: toml::Table = mailveil::config::RawConfig::default()
+        .to_toml()
+        .parse()
+        .expect("defaults");
     // Paths depend on the user's directories; the example shows the system-wide ones.
     let computed = ["key_file", "dir", "spool_dir"];
     for (section, keys) in &defaults {
         let keys = keys.as_table().expect("section");
-        let documented = example.get(section).and_then(|s| s.as_table()).unwrap_or_else(|| panic!("[{section}] missing"));
+        let documented = example
+            .get(section)
+            .and_then(|s| s.as_table())
+            .unwrap_or_else(|| panic!("[{section}] missing"));
         for (key, value) in keys {
-            let shown = documented.get(key).unwrap_or_else(|| panic!("{section}.{key} not documented"));
+            let shown = documented
+                .get(key)
+                .unwrap_or_else(|| panic!("{section}.{key} not documented"));
             if !computed.contains(&key.as_str()) {
-                assert_eq!(shown, value, "{section}.{key}: example shows a value that is not the default");
+                assert_eq!(
+                    shown, value,
+                    "{section}.{key}: example shows a value that is not the default"
+                );
             }
         }
         for key in documented.keys() {
-            assert!(keys.contains_key(key), "{section}.{key} documented but not a key");
+            assert!(
+                keys.contains_key(key),
+                "{section}.{key} documented but not a key"
+            );
         }
     }
 }
@@ -142,13 +192,26 @@ fn man_page_and_completions_are_generated_from_the_cli() {
     assert!(man.status.success());
     let page = stdout(&man);
     assert!(page.contains(".TH mailveil"), "{page}");
-    for cmd in ["SERVE", "FILTER", "REWRITE", "SIGN", "KEYGEN", "CHECK-CONFIG"] {
-        assert!(page.contains(&format!(".SH \"MAILVEIL {cmd}\"")), "man page lacks {cmd}");
+    for cmd in [
+        "SERVE",
+        "FILTER",
+        "REWRITE",
+        "SIGN",
+        "KEYGEN",
+        "CHECK-CONFIG",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"MAILVEIL {cmd}\"")),
+            "man page lacks {cmd}"
+        );
     }
     for shell in ["bash", "zsh", "fish"] {
         let out = run_binary(&["completions", shell], b"", &[], home.path());
         assert!(out.status.success(), "{shell}");
-        assert!(stdout(&out).contains("check-config"), "{shell} completions lack check-config");
+        assert!(
+            stdout(&out).contains("check-config"),
+            "{shell} completions lack check-config"
+        );
     }
 }
 
@@ -158,8 +221,16 @@ fn filter_does_not_need_the_api_token_file() {
     let message = b"From: a@b.example\r\nContent-Type: text/html\r\n\r\n<img src=\"https://img.remote.test/a.png\">\r\n";
     let out = sandbox.run(&["filter"], message);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).starts_with("X-Mailveil: proxied=1"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("X-Mailveil: proxied=1"),
+        "{}",
+        stderr(&out)
+    );
     let check = sandbox.run(&["check-config"], b"");
     assert!(!check.status.success());
-    assert!(stderr(&check).contains("api.token_file"), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("api.token_file"),
+        "{}",
+        stderr(&check)
+    );
 }

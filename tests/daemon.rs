@@ -59,7 +59,10 @@ impl Daemon {
             if let Some(status) = self.0.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(started.elapsed() < limit, "daemon did not exit within {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "daemon did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -79,12 +82,19 @@ async fn serve_with_no_config_starts_a_working_proxy_and_stops_on_sigterm() {
         .expect("sign");
     let url = String::from_utf8(signed.stdout).expect("utf-8");
     let got = get(url.trim()).await;
-    assert_eq!(got.status, 403, "a private target is refused, but the signature was good");
+    assert_eq!(
+        got.status, 403,
+        "a private target is refused, but the signature was good"
+    );
     let bad = get("http://127.0.0.1:8700/i/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovL3guZXhhbXBsZS8").await;
     assert_eq!(bad.status, 403);
-    let metrics = String::from_utf8_lossy(&get("http://127.0.0.1:8700/metrics").await.body).into_owned();
+    let metrics =
+        String::from_utf8_lossy(&get("http://127.0.0.1:8700/metrics").await.body).into_owned();
     assert!(metrics.contains("outcome=\"forbidden\"} 1"), "{metrics}");
-    assert!(metrics.contains("outcome=\"bad_signature\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("outcome=\"bad_signature\"} 1"),
+        "{metrics}"
+    );
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }
@@ -92,18 +102,32 @@ async fn serve_with_no_config_starts_a_working_proxy_and_stops_on_sigterm() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish() {
     let up = Upstream::start("127.0.0.1:0").await;
-    up.route("/slow.png", Route::Body { content_type: "image/png", body: png(4, 4).into(), delay: Duration::from_millis(1500) });
+    up.route(
+        "/slow.png",
+        Route::Body {
+            content_type: "image/png",
+            body: png(4, 4).into(),
+            delay: Duration::from_millis(1500),
+        },
+    );
     let port = free_port();
     let sandbox = Sandbox::new("[fetch]\nallow_networks = [\"127.0.0.1/32\"]\n");
     let config = sandbox.dir.path().join("serve.toml");
-    let text = std::fs::read_to_string(&sandbox.config).expect("config")
-        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let text = std::fs::read_to_string(&sandbox.config)
+        .expect("config")
+        .replace(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
     std::fs::write(&config, text).expect("write");
     let mut daemon = Daemon::spawn(&["serve"], sandbox.dir.path(), Some(&config));
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base).await;
     let path = signer().sign(&url::Url::parse(&up.url("/slow.png")).expect("url"));
-    let path = path.strip_prefix(crate::util::PUBLIC_URL).expect("prefix").to_owned();
+    let path = path
+        .strip_prefix(crate::util::PUBLIC_URL)
+        .expect("prefix")
+        .to_owned();
     let in_flight = tokio::spawn({
         let url = format!("{base}{path}");
         async move { get(&url).await }
@@ -132,20 +156,37 @@ async fn tls_with_alpn_h2() {
         max_age: Duration::from_secs(3600),
     })
     .expect("cache");
-    let state = Arc::new(AppState::new(signer(), cache, Fetcher::new(fetch_config(&[])), ImagePolicy::default(), Arc::new(Metrics::new())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let state = Arc::new(AppState::new(
+        signer(),
+        cache,
+        Fetcher::new(fetch_config(&[])),
+        ImagePolicy::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig { max_connections: 16, header_timeout: Duration::from_secs(5), shutdown_grace: Duration::from_secs(5), tls: Some(tls) };
-    let task = tokio::spawn(server::run(listener, state, config, async { let _ = stopped.await; }));
+    let config = ServerConfig {
+        max_connections: 16,
+        header_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
+        tls: Some(tls),
+    };
+    let task = tokio::spawn(server::run(listener, state, config, async {
+        let _ = stopped.await;
+    }));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).expect("root");
-    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client_tls)
         .https_only()
@@ -153,7 +194,9 @@ async fn tls_with_alpn_h2() {
         .enable_http2()
         .build();
     let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https);
-    let uri: http::Uri = format!("https://localhost:{port}/healthz").parse().expect("uri");
+    let uri: http::Uri = format!("https://localhost:{port}/healthz")
+        .parse()
+        .expect("uri");
     let resp = client.get(uri).await.expect("https request");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2, "ALPN negotiated h2");
@@ -170,8 +213,12 @@ async fn sighup_reloads_keys_without_a_restart() {
     up.body("/b.png", "image/png", png(4, 4));
     let port = free_port();
     let sandbox = Sandbox::new("[fetch]\nallow_networks = [\"127.0.0.1/32\"]\n");
-    let base_config = std::fs::read_to_string(&sandbox.config).expect("config")
-        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let base_config = std::fs::read_to_string(&sandbox.config)
+        .expect("config")
+        .replace(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
     let config = sandbox.dir.path().join("serve.toml");
     std::fs::write(&config, &base_config).expect("write");
     let sign = |target: &str| {
@@ -182,9 +229,18 @@ async fn sighup_reloads_keys_without_a_restart() {
             .output()
             .expect("sign");
         let url = String::from_utf8(out.stdout).expect("utf-8");
-        format!("http://127.0.0.1:{port}{}", url.trim().strip_prefix(crate::util::PUBLIC_URL).expect("prefix"))
+        format!(
+            "http://127.0.0.1:{port}{}",
+            url.trim()
+                .strip_prefix(crate::util::PUBLIC_URL)
+                .expect("prefix")
+        )
     };
-    let mut daemon = Daemon::spawn(&["serve", "--config", config.to_str().expect("utf-8")], sandbox.dir.path(), None);
+    let mut daemon = Daemon::spawn(
+        &["serve", "--config", config.to_str().expect("utf-8")],
+        sandbox.dir.path(),
+        None,
+    );
     wait_healthy(&format!("http://127.0.0.1:{port}")).await;
     let old_url = sign(&up.url("/a.png"));
     assert_eq!(get(&old_url).await.status, 200);
@@ -195,21 +251,42 @@ async fn sighup_reloads_keys_without_a_restart() {
     std::fs::write(&new_key, format!("{}\n", "ab".repeat(32))).expect("key2");
     let rotated = base_config.replace(
         &format!("key_file = \"{}\"", old_key.display()),
-        &format!("key_file = \"{}\"\nprevious_key_files = [\"{}\"]", new_key.display(), old_key.display()),
+        &format!(
+            "key_file = \"{}\"\nprevious_key_files = [\"{}\"]",
+            new_key.display(),
+            old_key.display()
+        ),
     );
     assert_ne!(rotated, base_config);
     std::fs::write(&config, &rotated).expect("rotate");
     let new_url = sign(&up.url("/b.png"));
-    assert_eq!(get(&new_url).await.status, 403, "the daemon does not know the new key yet");
-    let hup = Command::new("kill").args(["-HUP", &daemon.0.id().to_string()]).status().expect("kill");
+    assert_eq!(
+        get(&new_url).await.status,
+        403,
+        "the daemon does not know the new key yet"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &daemon.0.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(hup.success());
     let started = Instant::now();
     while get(&new_url).await.status != 200 {
-        assert!(started.elapsed() < Duration::from_secs(10), "reload did not take effect");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "reload did not take effect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get(&old_url).await.status, 200, "mail signed with the previous key still works");
-    assert!(daemon.0.try_wait().expect("try_wait").is_none(), "still the same process");
+    assert_eq!(
+        get(&old_url).await.status,
+        200,
+        "mail signed with the previous key still works"
+    );
+    assert!(
+        daemon.0.try_wait().expect("try_wait").is_none(),
+        "still the same process"
+    );
     daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }
@@ -226,11 +303,16 @@ fn notifies_ready_once_listening_and_stopping_on_sigterm() {
     let config = sandbox.dir.path().join("serve.toml");
     let text = std::fs::read_to_string(&sandbox.config)
         .expect("config")
-        .replace("[server]\n", &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+        .replace(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
     std::fs::write(&config, text).expect("write");
     let notify_path = sandbox.dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-    notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let child = Command::new(env!("CARGO_BIN_EXE_mailveil"))
         .args(["serve", "--config", config.to_str().expect("utf-8")])
         .env_clear()
@@ -245,13 +327,19 @@ fn notifies_ready_once_listening_and_stopping_on_sigterm() {
     let mut buf = [0u8; 512];
     let n = notify.recv(&mut buf).expect("a notification within 20 s");
     let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(message.lines().any(|l| l == "READY=1"), "first notification: {message:?}");
+    assert!(
+        message.lines().any(|l| l == "READY=1"),
+        "first notification: {message:?}"
+    );
     // READY came after the listeners opened: both accept right away, with no retry.
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("image endpoint listening at READY");
     std::net::TcpStream::connect(("127.0.0.1", api_port)).expect("rewrite API listening at READY");
     daemon.terminate();
     let n = notify.recv(&mut buf).expect("a notification on SIGTERM");
     let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(message.lines().any(|l| l == "STOPPING=1"), "on SIGTERM: {message:?}");
+    assert!(
+        message.lines().any(|l| l == "STOPPING=1"),
+        "on SIGTERM: {message:?}"
+    );
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }

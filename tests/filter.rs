@@ -29,7 +29,11 @@ fn alternative_message(html_part: &str) -> String {
 fn run_filter(input: &[u8]) -> (Vec<u8>, String, i32) {
     let sandbox = Sandbox::new("");
     let out = sandbox.run(&["filter"], input);
-    (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.code().unwrap_or(-1))
+    (
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
 }
 
 fn assert_contains(haystack: &[u8], needle: &[u8], what: &str) {
@@ -56,12 +60,18 @@ fn quoted_printable_html_part_is_rewritten_and_the_rest_is_identical() {
     let (out, err, code) = run_filter(input.as_bytes());
     assert_eq!(code, 0, "{err}");
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("X-Mailveil: proxied=3; trackers=0; removed=0"), "{text}");
+    assert!(
+        text.starts_with("X-Mailveil: proxied=3; trackers=0; removed=0"),
+        "{text}"
+    );
     assert_eq!(text.matches("X-Mailveil:").count(), 1);
     let decoded = quoted_printable::decode(&out, quoted_printable::ParseMode::Robust).expect("qp");
     let decoded = String::from_utf8_lossy(&decoded);
     assert!(leaks(&decoded, &[]).is_empty(), "{decoded}");
-    assert!(decoded.contains("Caf\u{e9} \u{2014} news"), "charset preserved");
+    assert!(
+        decoded.contains("Caf\u{e9} \u{2014} news"),
+        "charset preserved"
+    );
     let original_headers = input.split("\r\n\r\n").next().expect("headers");
     assert_contains(&out, original_headers.as_bytes(), "headers");
     assert_contains(&out, format!("This is a preamble.\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{TEXT_PART}--b1\r\n").as_bytes(), "text part");
@@ -79,9 +89,19 @@ fn base64_html_part_in_latin1_is_rewritten() {
     let (out, err, code) = run_filter(alternative_message(&html_part).as_bytes());
     assert_eq!(code, 0, "{err}");
     let text = String::from_utf8_lossy(&out).into_owned();
-    let body = text.split("Content-Transfer-Encoding: base64\r\n\r\n").nth(1).expect("part");
-    let b64: String = body.split("--b1").next().expect("body").split_whitespace().collect();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+    let body = text
+        .split("Content-Transfer-Encoding: base64\r\n\r\n")
+        .nth(1)
+        .expect("part");
+    let b64: String = body
+        .split("--b1")
+        .next()
+        .expect("body")
+        .split_whitespace()
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
     let (html, _, malformed) = encoding_rs::WINDOWS_1252.decode(&bytes);
     assert!(!malformed);
     assert!(html.contains("Caf\u{e9}"), "{html}");
@@ -106,7 +126,11 @@ fn html_inside_an_attached_message_is_rewritten() {
     let text = String::from_utf8_lossy(&out);
     assert!(leaks(&text, &[]).is_empty(), "{text}");
     assert!(text.contains("proxied=1"), "{text}");
-    assert_contains(&out, b"From: a@b.example\r\nSubject: inner\r\n", "inner headers");
+    assert_contains(
+        &out,
+        b"From: a@b.example\r\nSubject: inner\r\n",
+        "inner headers",
+    );
 }
 
 #[test]
@@ -140,10 +164,15 @@ fn empty_input_passes_through() {
 
 #[test]
 fn binary_junk_passes_through_unchanged() {
-    let junk: Vec<u8> = (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let junk: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let (out, err, code) = run_filter(&junk);
     assert_eq!(code, 0, "{err}");
-    assert!(out == junk || out.ends_with(&junk), "junk must come out whole");
+    assert!(
+        out == junk || out.ends_with(&junk),
+        "junk must come out whole"
+    );
 }
 
 #[test]
@@ -153,12 +182,22 @@ fn truncated_messages_are_never_lost() {
         b64_lines(html_doc(5).as_bytes())
     );
     let full = alternative_message(&html_part);
-    for cut in [10, 50, full.len() / 3, full.len() / 2, full.len() * 3 / 4, full.len() - 5] {
+    for cut in [
+        10,
+        50,
+        full.len() / 3,
+        full.len() / 2,
+        full.len() * 3 / 4,
+        full.len() - 5,
+    ] {
         let input = &full.as_bytes()[..cut];
         let (out, err, code) = run_filter(input);
         assert_eq!(code, 0, "cut at {cut}: {err}");
         assert!(!out.is_empty(), "cut at {cut}: nothing written");
-        let head = input.iter().position(|&b| b == b'\n').map_or(input, |p| &input[..p]);
+        let head = input
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(input, |p| &input[..p]);
         assert_contains(&out, head, "first line of the input");
     }
 }
@@ -190,7 +229,9 @@ fn multipart_nested_1000_deep_is_handled() {
 
 #[test]
 fn fifty_megabyte_message_keeps_its_attachment() {
-    let attachment: Vec<u8> = (0..(50u32 << 20) / 4 * 3).map(|i| (i % 251) as u8).collect();
+    let attachment: Vec<u8> = (0..(50u32 << 20) / 4 * 3)
+        .map(|i| (i % 251) as u8)
+        .collect();
     let encoded = b64_lines(&attachment);
     let input = format!(
         "From: a@b.example\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"big\"\r\n\r\n--big\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{}\r\n--big\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}--big--\r\n",
@@ -200,7 +241,10 @@ fn fifty_megabyte_message_keeps_its_attachment() {
     let (out, err, code) = run_filter(input.as_bytes());
     assert_eq!(code, 0, "{err}");
     assert!(leaks(&String::from_utf8_lossy(&out[..4096.min(out.len())]), &[]).is_empty());
-    assert!(out.ends_with(format!("{encoded}--big--\r\n").as_bytes()), "attachment identical");
+    assert!(
+        out.ends_with(format!("{encoded}--big--\r\n").as_bytes()),
+        "attachment identical"
+    );
 }
 
 #[test]
@@ -243,7 +287,9 @@ fn tempfail_mode_exits_75_with_the_original() {
 
 #[test]
 fn attached_messages_nested_10000_deep_pass_through() {
-    let mut message = String::from("Content-Type: text/html\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n");
+    let mut message = String::from(
+        "Content-Type: text/html\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n",
+    );
     for _ in 0..10_000 {
         message = format!("From: a@b.example\r\nContent-Type: message/rfc822\r\n\r\n{message}");
     }

@@ -12,7 +12,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -34,19 +38,36 @@ async fn status_within(path: &str, limit: Duration, route: Route) -> (u16, usize
     up.route(path, route);
     let started = Instant::now();
     let got = get(&proxy.url(&proxy.path_for(&up.url(path)))).await;
-    assert!(started.elapsed() < limit, "{path}: took {:?}", started.elapsed());
-    assert_eq!(get(&proxy.url("/healthz")).await.status, 200, "server still healthy");
+    assert!(
+        started.elapsed() < limit,
+        "{path}: took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get(&proxy.url("/healthz")).await.status,
+        200,
+        "server still healthy"
+    );
     proxy.stop().await;
     (got.status, got.body.len())
 }
 
 fn body(content_type: &'static str, bytes: Vec<u8>) -> Route {
-    Route::Body { content_type, body: bytes.into(), delay: Duration::ZERO }
+    Route::Body {
+        content_type,
+        body: bytes.into(),
+        delay: Duration::ZERO,
+    }
 }
 
 #[tokio::test]
 async fn decompression_bomb_png_is_refused() {
-    let (status, len) = status_within("/bomb.png", Duration::from_secs(5), body("image/png", bomb_png(100_000, 100_000))).await;
+    let (status, len) = status_within(
+        "/bomb.png",
+        Duration::from_secs(5),
+        body("image/png", bomb_png(100_000, 100_000)),
+    )
+    .await;
     assert_eq!(status, 415);
     assert!(len < 100, "no image bytes passed through");
 }
@@ -54,7 +75,8 @@ async fn decompression_bomb_png_is_refused() {
 #[tokio::test]
 async fn html_served_as_png_is_refused() {
     let html = b"<!DOCTYPE html><html><script>alert(1)</script></html>".to_vec();
-    let (status, len) = status_within("/fake.png", Duration::from_secs(5), body("image/png", html)).await;
+    let (status, len) =
+        status_within("/fake.png", Duration::from_secs(5), body("image/png", html)).await;
     assert_eq!(status, 415);
     assert!(len < 100);
 }
@@ -62,7 +84,8 @@ async fn html_served_as_png_is_refused() {
 #[tokio::test]
 async fn svg_is_refused_by_default() {
     let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec();
-    let (status, _) = status_within("/x.svg", Duration::from_secs(5), body("image/svg+xml", svg)).await;
+    let (status, _) =
+        status_within("/x.svg", Duration::from_secs(5), body("image/svg+xml", svg)).await;
     assert_eq!(status, 415);
 }
 
@@ -74,13 +97,23 @@ async fn an_endless_body_is_cut_at_the_byte_cap() {
 
 #[tokio::test]
 async fn a_slow_drip_times_out() {
-    let (status, _) = status_within("/drip", Duration::from_secs(6), Route::Drip(Duration::from_millis(400))).await;
+    let (status, _) = status_within(
+        "/drip",
+        Duration::from_secs(6),
+        Route::Drip(Duration::from_millis(400)),
+    )
+    .await;
     assert_eq!(status, 504);
 }
 
 #[tokio::test]
 async fn a_ten_thousand_redirect_loop_stops_early() {
-    let (status, _) = status_within("/loop/0", Duration::from_secs(5), Route::RedirectLoop("/loop/")).await;
+    let (status, _) = status_within(
+        "/loop/0",
+        Duration::from_secs(5),
+        Route::RedirectLoop("/loop/"),
+    )
+    .await;
     assert!(status >= 400, "{status}");
 }
 

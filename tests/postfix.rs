@@ -32,7 +32,11 @@ impl Postfix {
         );
         // Say clearly why Postfix would refuse, rather than fail later.
         let uid = Command::new("id").arg("-u").output().expect("id");
-        assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "0", "the Postfix test needs root, as Postfix does");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "the Postfix test needs root, as Postfix does"
+        );
 
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
@@ -45,8 +49,10 @@ impl Postfix {
         chown(&d.join("mail"), "nobody:nogroup");
         let port = free_port();
         let conf = d.join("conf");
-        std::fs::write(conf.join("main.cf"), format!(
-            "compatibility_level = 3.6\n\
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\n\
              queue_directory = {d}/queue\n\
              data_directory = {d}/data\n\
              maillog_file = {d}/postfix.log\n\
@@ -74,8 +80,10 @@ impl Postfix {
              non_smtpd_milters = inet:{milter}\n\
              milter_default_action = accept\n\
              milter_protocol = 6\n",
-            d = d.display(),
-        )).expect("main.cf");
+                d = d.display(),
+            ),
+        )
+        .expect("main.cf");
         // No chroot (the temp dir is not set up as one); only the services this test uses.
         let services = [
             format!("127.0.0.1:{port} inet n - n - - smtpd"),
@@ -104,7 +112,11 @@ impl Postfix {
         postfix.control("start");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "postfix never listened; log:\n{}", postfix.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "postfix never listened; log:\n{}",
+                postfix.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         postfix
@@ -117,7 +129,12 @@ impl Postfix {
             .arg(what)
             .output()
             .expect("run postfix");
-        assert!(out.status.success(), "postfix {what} failed: {}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        assert!(
+            out.status.success(),
+            "postfix {what} failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
@@ -148,13 +165,22 @@ impl Postfix {
                 .unwrap_or_default();
             if files.len() >= count {
                 // Maildir names start with the delivery time in seconds, then a sequence.
-                files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime"));
+                files.sort_by_key(|p| {
+                    std::fs::metadata(p)
+                        .and_then(|m| m.modified())
+                        .expect("mtime")
+                });
                 return files
                     .iter()
                     .map(|p| std::fs::read_to_string(p).expect("read delivered message"))
                     .collect();
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "only {} of {count} delivered; log:\n{}", files.len(), self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "only {} of {count} delivered; log:\n{}",
+                files.len(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -162,12 +188,18 @@ impl Postfix {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid")).unwrap_or_default();
-        let _ = Command::new("/usr/sbin/postfix").arg("-c").arg(&self.conf).arg("stop").output();
+        let pid = std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
+            .unwrap_or_default();
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
         // Wait for the master to go before the temp dir is removed under it.
         let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
         let started = Instant::now();
-        while !pid.trim().is_empty() && proc.exists() && started.elapsed() < Duration::from_secs(15) {
+        while !pid.trim().is_empty() && proc.exists() && started.elapsed() < Duration::from_secs(15)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -179,7 +211,12 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 fn chown(path: &Path, owner: &str) {
-    let ok = Command::new("chown").arg(owner).arg(path).status().expect("chown").success();
+    let ok = Command::new("chown")
+        .arg(owner)
+        .arg(path)
+        .status()
+        .expect("chown")
+        .success();
     assert!(ok, "chown {owner} {}", path.display());
 }
 
@@ -213,14 +250,31 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
     .expect("deliver");
     let got = &delivered[0];
     let (head, body) = got.split_once("\n\n").expect("header and body");
-    assert_eq!(head.matches("\nX-Mailveil: ").count(), 1, "one X-Mailveil header:\n{head}");
-    assert!(head.contains("X-Mailveil: proxied=1500; trackers=1; removed=0; tracker-hosts=list-manage.com"), "{head}");
+    assert_eq!(
+        head.matches("\nX-Mailveil: ").count(),
+        1,
+        "one X-Mailveil header:\n{head}"
+    );
+    assert!(
+        head.contains(
+            "X-Mailveil: proxied=1500; trackers=1; removed=0; tracker-hosts=list-manage.com"
+        ),
+        "{head}"
+    );
     assert!(body.contains(&lf(&text_part)), "text part byte-identical");
     assert!(body.contains(&lf(&attachment)), "attachment byte-identical");
     // Every MIME segment but the HTML one is byte-identical (LF-stored). The SMTP client
     // ends DATA with a line break of its own, which the unfiltered delivery below shows too.
-    let sent_body = lf(std::str::from_utf8(&sent).expect("utf-8")).split_once("\n\n").expect("body").1.to_owned() + "\n";
-    let (sent_parts, got_parts): (Vec<&str>, Vec<&str>) = (sent_body.split("\n--b1").collect(), body.split("\n--b1").collect());
+    let sent_body = lf(std::str::from_utf8(&sent).expect("utf-8"))
+        .split_once("\n\n")
+        .expect("body")
+        .1
+        .to_owned()
+        + "\n";
+    let (sent_parts, got_parts): (Vec<&str>, Vec<&str>) = (
+        sent_body.split("\n--b1").collect(),
+        body.split("\n--b1").collect(),
+    );
     assert_eq!(sent_parts.len(), got_parts.len());
     for (i, (s, g)) in sent_parts.iter().zip(&got_parts).enumerate() {
         if s.contains("text/html") {
@@ -244,8 +298,17 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
     .await
     .expect("deliver");
     let got = &delivered[1];
-    assert!(got.ends_with("--b1--\nepilogue\n\n"), "the same trailing line break without mailveil");
+    assert!(
+        got.ends_with("--b1--\nepilogue\n\n"),
+        "the same trailing line break without mailveil"
+    );
     assert!(!got.contains("X-Mailveil"), "not filtered:\n{got}");
-    assert!(got.contains("https://img0.remote.test/pic/0.png?u=reader"), "delivered as sent");
-    assert!(postfix.log().contains("Milter service"), "Postfix noticed the milter was gone");
+    assert!(
+        got.contains("https://img0.remote.test/pic/0.png?u=reader"),
+        "delivered as sent"
+    );
+    assert!(
+        postfix.log().contains("Milter service"),
+        "Postfix noticed the milter was gone"
+    );
 }

@@ -55,8 +55,18 @@ impl Setup {
     }
 
     fn filter(&self, message: &str) -> String {
-        let out = run_binary(&["filter"], message.as_bytes(), &[("MAILVEIL_CONFIG", self.config.as_os_str())], self.dir.path());
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = run_binary(
+            &["filter"],
+            message.as_bytes(),
+            &[("MAILVEIL_CONFIG", self.config.as_os_str())],
+            self.dir.path(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
@@ -94,7 +104,11 @@ impl Serve {
 
 fn jobs_in(spool: &Path) -> usize {
     std::fs::read_dir(spool)
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".job")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -109,7 +123,11 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 /// The sender: shared logos and per-recipient pixels, all logged.
 async fn sender(delay: Duration) -> Upstream {
     let up = Upstream::start("127.0.0.1:0").await;
-    let image = |w, h| Route::Body { content_type: "image/png", body: png(w, h).into(), delay };
+    let image = |w, h| Route::Body {
+        content_type: "image/png",
+        body: png(w, h).into(),
+        delay,
+    };
     up.route("/logo.png", image(60, 20));
     up.route("/banner.png", image(120, 30));
     up.route("/open/", image(1, 1));
@@ -154,7 +172,13 @@ fn assert_anonymous(log: &[Logged]) {
     for l in log {
         let mut names: Vec<&str> = l.headers.iter().map(|(k, _)| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["accept", "host", "user-agent"], "{}: {:?}", l.path, l.headers);
+        assert_eq!(
+            names,
+            ["accept", "host", "user-agent"],
+            "{}: {:?}",
+            l.path,
+            l.headers
+        );
         assert!(l.headers.iter().any(|(k, v)| k == "user-agent" && v == UA));
     }
 }
@@ -176,7 +200,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
 }
@@ -215,26 +242,54 @@ async fn metric(base: &str, name: &str) -> f64 {
 async fn assert_opens_tell_the_sender_nothing(setup: &Setup, up: &Upstream, rewritten: &[String]) {
     let before = up.log();
     let fetched = counts(&before);
-    assert_eq!(fetched.keys().cloned().collect::<BTreeSet<_>>(), expected_paths());
-    assert!(fetched.values().all(|&n| n == 1), "each URL fetched once: {fetched:?}");
+    assert_eq!(
+        fetched.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_paths()
+    );
+    assert!(
+        fetched.values().all(|&n| n == 1),
+        "each URL fetched once: {fetched:?}"
+    );
     assert_anonymous(&before);
 
     let (opened, first_open) = open_some(rewritten, &setup.base()).await;
-    assert!(!opened.is_empty() && opened.len() < MESSAGES, "some opened, some not");
+    assert!(
+        !opened.is_empty() && opened.len() < MESSAGES,
+        "some opened, some not"
+    );
     let after = up.log();
-    assert_eq!(after.len(), before.len(), "opening fetched nothing upstream");
-    assert!(after.iter().all(|l| l.at <= first_open), "every fetch happened before the first open");
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "opening fetched nothing upstream"
+    );
+    assert!(
+        after.iter().all(|l| l.at <= first_open),
+        "every fetch happened before the first open"
+    );
     // Opened and never-opened messages left the same trace: one anonymous fetch per URL.
     for i in 0..MESSAGES {
-        let mine: Vec<&Logged> = after.iter().filter(|l| l.path.ends_with(&format!("=rcpt{i}"))).collect();
+        let mine: Vec<&Logged> = after
+            .iter()
+            .filter(|l| l.path.ends_with(&format!("=rcpt{i}")))
+            .collect();
         assert_eq!(mine.len(), 2, "message {i}");
         let headers: BTreeSet<Vec<(String, String)>> = mine
             .iter()
-            .map(|l| l.headers.iter().filter(|(k, _)| k != "host").cloned().collect())
+            .map(|l| {
+                l.headers
+                    .iter()
+                    .filter(|(k, _)| k != "host")
+                    .cloned()
+                    .collect()
+            })
             .collect();
         assert_eq!(headers.len(), 1, "message {i}: identical anonymous headers");
     }
-    assert_eq!(metric(&setup.base(), "mailveil_open_time_fetches_total").await, 0.0);
+    assert_eq!(
+        metric(&setup.base(), "mailveil_open_time_fetches_total").await,
+        0.0
+    );
     assert!(metric(&setup.base(), "mailveil_tracking_pixels_total").await >= MESSAGES as f64);
 }
 
@@ -244,13 +299,28 @@ async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
     let setup = Setup::new(8);
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
-    let rewritten: Vec<String> = (0..MESSAGES).map(|i| setup.filter(&message(&up, i))).collect();
-    assert!(rewritten.iter().all(|m| m.starts_with("X-Mailveil: proxied=4")));
-    wait_until("the spool to drain", Duration::from_secs(60), || jobs_in(&setup.spool()) == 0).await;
+    let rewritten: Vec<String> = (0..MESSAGES)
+        .map(|i| setup.filter(&message(&up, i)))
+        .collect();
+    assert!(rewritten
+        .iter()
+        .all(|m| m.starts_with("X-Mailveil: proxied=4")));
+    wait_until("the spool to drain", Duration::from_secs(60), || {
+        jobs_in(&setup.spool()) == 0
+    })
+    .await;
     // The figure behind the cache sizing advice in the README.
     let files = crate::server::walk(&setup.dir.path().join("cache"));
-    let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
-    eprintln!("cache after {MESSAGES} messages: {} files, {bytes} bytes, {} bytes per message", files.len(), bytes / MESSAGES as u64);
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "cache after {MESSAGES} messages: {} files, {bytes} bytes, {} bytes per message",
+        files.len(),
+        bytes / MESSAGES as u64
+    );
     assert_opens_tell_the_sender_nothing(&setup, &up, &rewritten).await;
 }
 
@@ -258,12 +328,17 @@ async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
 async fn jobs_wait_in_the_spool_until_serve_starts() {
     let up = sender(Duration::ZERO).await;
     let setup = Setup::new(8);
-    let rewritten: Vec<String> = (0..MESSAGES).map(|i| setup.filter(&message(&up, i))).collect();
+    let rewritten: Vec<String> = (0..MESSAGES)
+        .map(|i| setup.filter(&message(&up, i)))
+        .collect();
     assert_eq!(jobs_in(&setup.spool()), MESSAGES);
     assert!(up.log().is_empty(), "filter itself fetches nothing");
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
-    wait_until("the spool to drain", Duration::from_secs(60), || jobs_in(&setup.spool()) == 0).await;
+    wait_until("the spool to drain", Duration::from_secs(60), || {
+        jobs_in(&setup.spool()) == 0
+    })
+    .await;
     assert_opens_tell_the_sender_nothing(&setup, &up, &rewritten).await;
 }
 
@@ -272,26 +347,47 @@ async fn sigkill_mid_drain_loses_no_job() {
     let up = sender(Duration::from_millis(200)).await;
     let per_host = 4;
     let setup = Setup::new(per_host);
-    let rewritten: Vec<String> = (0..MESSAGES).map(|i| setup.filter(&message(&up, i))).collect();
+    let rewritten: Vec<String> = (0..MESSAGES)
+        .map(|i| setup.filter(&message(&up, i)))
+        .collect();
     let serve = setup.serve();
-    wait_until("the drain to be under way", Duration::from_secs(30), || up.log().len() >= 20).await;
+    wait_until("the drain to be under way", Duration::from_secs(30), || {
+        up.log().len() >= 20
+    })
+    .await;
     serve.sigkill();
     let at_kill = up.log().len();
-    assert!(at_kill < expected_paths().len(), "killed mid-drain ({at_kill} fetched)");
+    assert!(
+        at_kill < expected_paths().len(),
+        "killed mid-drain ({at_kill} fetched)"
+    );
     assert!(jobs_in(&setup.spool()) > 0, "jobs remain after the kill");
 
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
-    wait_until("the spool to drain", Duration::from_secs(60), || jobs_in(&setup.spool()) == 0).await;
+    wait_until("the spool to drain", Duration::from_secs(60), || {
+        jobs_in(&setup.spool()) == 0
+    })
+    .await;
     let fetched = counts(&up.log());
-    assert_eq!(fetched.keys().cloned().collect::<BTreeSet<_>>(), expected_paths(), "no URL lost");
+    assert_eq!(
+        fetched.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_paths(),
+        "no URL lost"
+    );
     let twice: Vec<_> = fetched.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.iter().all(|(_, &n)| n == 2), "{twice:?}");
     // Only fetches in flight at the kill (at most per_host to this one host) may repeat.
-    assert!(twice.len() <= per_host, "refetched after restart: {twice:?}");
+    assert!(
+        twice.len() <= per_host,
+        "refetched after restart: {twice:?}"
+    );
     let (opened, _) = open_some(&rewritten, &setup.base()).await;
     assert!(!opened.is_empty());
-    assert_eq!(metric(&setup.base(), "mailveil_open_time_fetches_total").await, 0.0);
+    assert_eq!(
+        metric(&setup.base(), "mailveil_open_time_fetches_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -313,8 +409,14 @@ async fn placeholder_mode_tells_the_sender_nothing_on_a_miss() {
     assert_eq!(got.headers["content-type"], "image/gif");
     assert_eq!(got.headers["cache-control"], "no-store");
     assert!(up.log().is_empty(), "the sender saw nothing");
-    assert_eq!(metric(&setup.base(), "mailveil_placeholders_total").await, 1.0);
-    assert_eq!(metric(&setup.base(), "mailveil_open_time_fetches_total").await, 0.0);
+    assert_eq!(
+        metric(&setup.base(), "mailveil_placeholders_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&setup.base(), "mailveil_open_time_fetches_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -332,7 +434,10 @@ async fn fetch_mode_counts_an_open_time_fetch_on_a_miss() {
     let url = String::from_utf8(signed.stdout).expect("utf-8");
     assert_eq!(get(url.trim()).await.status, 200);
     assert_eq!(up.hits("/logo.png"), 1);
-    assert_eq!(metric(&setup.base(), "mailveil_open_time_fetches_total").await, 1.0);
+    assert_eq!(
+        metric(&setup.base(), "mailveil_open_time_fetches_total").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -347,10 +452,23 @@ async fn transient_failures_are_retried_until_cached() {
         up.url("/flaky.png")
     );
     setup.filter(&message);
-    wait_until("a first failed attempt", Duration::from_secs(10), || up.hits("/flaky.png") >= 1).await;
+    wait_until("a first failed attempt", Duration::from_secs(10), || {
+        up.hits("/flaky.png") >= 1
+    })
+    .await;
     assert_eq!(jobs_in(&setup.spool()), 1, "the job stays while retrying");
-    up.route("/flaky.png", Route::Body { content_type: "image/png", body: png(9, 9).into(), delay: Duration::ZERO });
-    wait_until("the retry to succeed", Duration::from_secs(20), || jobs_in(&setup.spool()) == 0).await;
+    up.route(
+        "/flaky.png",
+        Route::Body {
+            content_type: "image/png",
+            body: png(9, 9).into(),
+            delay: Duration::ZERO,
+        },
+    );
+    wait_until("the retry to succeed", Duration::from_secs(20), || {
+        jobs_in(&setup.spool()) == 0
+    })
+    .await;
     assert!(up.hits("/flaky.png") >= 2);
     assert!(metric(&setup.base(), "mailveil_prefetch_retries_total").await >= 1.0);
 }
@@ -359,7 +477,11 @@ async fn transient_failures_are_retried_until_cached() {
 async fn permanent_failures_end_the_job() {
     let up = sender(Duration::ZERO).await;
     up.route("/gone.png", Route::Status(404));
-    up.body("/page.png", "text/html", b"<html>not an image</html>".to_vec());
+    up.body(
+        "/page.png",
+        "text/html",
+        b"<html>not an image</html>".to_vec(),
+    );
     let setup = Setup::new(8);
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
@@ -369,7 +491,10 @@ async fn permanent_failures_end_the_job() {
         up.url("/page.png")
     );
     setup.filter(&message);
-    wait_until("the job to end", Duration::from_secs(20), || jobs_in(&setup.spool()) == 0).await;
+    wait_until("the job to end", Duration::from_secs(20), || {
+        jobs_in(&setup.spool()) == 0
+    })
+    .await;
     assert_eq!(up.hits("/gone.png"), 1, "a 404 is not retried");
     assert_eq!(up.hits("/page.png"), 1, "refused content is not retried");
 }

@@ -9,7 +9,11 @@ use crate::util::{engine, leaks};
 /// A remote URL in one of the spellings a sender might use.
 fn remote_url() -> impl Strategy<Value = String> {
     let scheme = prop_oneof![
-        Just("https://"), Just("http://"), Just("HTTPS://"), Just("//"), Just("HtTp://"),
+        Just("https://"),
+        Just("http://"),
+        Just("HTTPS://"),
+        Just("//"),
+        Just("HtTp://"),
     ];
     (scheme, "[a-z]{1,8}", "[a-zA-Z0-9_/.-]{0,20}")
         .prop_map(|(s, host, path)| format!("{s}{host}.remote.test/{path}"))
@@ -34,7 +38,9 @@ fn snippet(url: String, pick: u8, quote: bool) -> String {
         11 => format!("<link rel=\"icon\" href=\"{url}\">"),
         12 => format!("<iframe src=\"{url}\"></iframe><embed src=\"{url}\">"),
         13 => format!("<meta http-equiv=\"refresh\" content=\"0;url={url}\">"),
-        14 => format!("<!--[if mso]><v:fill src=\"{url}\"/><v:imagedata src=\"{url}\"/><![endif]-->"),
+        14 => {
+            format!("<!--[if mso]><v:fill src=\"{url}\"/><v:imagedata src=\"{url}\"/><![endif]-->")
+        }
         15 => format!("<input type=image src=\"{url}\">"),
         16 => format!("<div style=\"background-image:image-set('{url}' 1x)\">x</div>"),
         17 => format!("<noscript><img src=\"{url}\"></noscript>"),

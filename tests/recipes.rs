@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use crate::util::{leaks, Sandbox};
 
 /// The message every recipe delivers: HTML with one remote image.
-pub(crate) const MESSAGE: &str = "From: news@sender.example\nTo: reader@example.org\nSubject: recipe\n\
+pub(crate) const MESSAGE: &str =
+    "From: news@sender.example\nTo: reader@example.org\nSubject: recipe\n\
 Content-Type: text/html; charset=utf-8\n\n<p>Hi</p><img src=\"https://img.remote.test/a.png\">\n";
 
 fn mailveil() -> &'static str {
@@ -27,7 +28,12 @@ fn deliver(sandbox: &Sandbox, program: &str, args: &[&str], input: &str) -> std:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{program} must be installed (Debian package): {e}"));
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
     child.wait_with_output().expect("wait")
 }
 
@@ -53,7 +59,10 @@ pub(crate) fn assert_rewritten(mbox: &Path) {
 /// Checks that the message delivered to `mbox` is the original.
 pub(crate) fn assert_delivered_unchanged(mbox: &Path) {
     let text = std::fs::read_to_string(mbox).unwrap_or_else(|e| panic!("{}: {e}", mbox.display()));
-    assert!(text.contains("<img src=\"https://img.remote.test/a.png\">"), "{text}");
+    assert!(
+        text.contains("<img src=\"https://img.remote.test/a.png\">"),
+        "{text}"
+    );
     assert!(!text.contains("X-Mailveil"), "{text}");
 }
 
@@ -63,8 +72,17 @@ fn procmail_fw_recipe() {
     let mbox = sandbox.dir.path().join("inbox");
     let rc = sandbox.dir.path().join("procmailrc");
     std::fs::write(&rc, procmailrc(&sandbox, &mbox)).expect("rc");
-    let out = deliver(&sandbox, "procmail", &["-m", rc.to_str().expect("utf-8")], MESSAGE);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = deliver(
+        &sandbox,
+        "procmail",
+        &["-m", rc.to_str().expect("utf-8")],
+        MESSAGE,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_rewritten(&mbox);
 }
 
@@ -73,11 +91,30 @@ fn maildrop_xfilter_recipe() {
     let sandbox = Sandbox::new("");
     let mbox = sandbox.dir.path().join("inbox");
     let filter = sandbox.dir.path().join("mailfilter");
-    std::fs::write(&filter, format!("xfilter \"{} --config {} filter\"\nto \"{}\"\n", mailveil(), sandbox.config.display(), mbox.display())).expect("filter");
+    std::fs::write(
+        &filter,
+        format!(
+            "xfilter \"{} --config {} filter\"\nto \"{}\"\n",
+            mailveil(),
+            sandbox.config.display(),
+            mbox.display()
+        ),
+    )
+    .expect("filter");
     // maildrop refuses filter files that others can write.
-    std::fs::set_permissions(&filter, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-    let out = deliver(&sandbox, "maildrop", &[filter.to_str().expect("utf-8")], MESSAGE);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(&filter, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let out = deliver(
+        &sandbox,
+        "maildrop",
+        &[filter.to_str().expect("utf-8")],
+        MESSAGE,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_rewritten(&mbox);
 }
 
@@ -86,9 +123,18 @@ fn fetchmail_mda_command_line() {
     let sandbox = Sandbox::new("");
     let mbox = sandbox.dir.path().join("inbox");
     // fetchmail runs `mda` through /bin/sh with the message on stdin.
-    let mda = format!("{} --config {} filter >> {}", mailveil(), sandbox.config.display(), mbox.display());
+    let mda = format!(
+        "{} --config {} filter >> {}",
+        mailveil(),
+        sandbox.config.display(),
+        mbox.display()
+    );
     let out = deliver(&sandbox, "/bin/sh", &["-c", &mda], MESSAGE);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_rewritten(&mbox);
 }
 
@@ -98,7 +144,16 @@ fn a_broken_filter_set_up_still_delivers_through_procmail() {
     let mbox = sandbox.dir.path().join("inbox");
     let rc = sandbox.dir.path().join("procmailrc");
     std::fs::write(&rc, procmailrc(&sandbox, &mbox)).expect("rc");
-    let out = deliver(&sandbox, "procmail", &["-m", rc.to_str().expect("utf-8")], MESSAGE);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = deliver(
+        &sandbox,
+        "procmail",
+        &["-m", rc.to_str().expect("utf-8")],
+        MESSAGE,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_delivered_unchanged(&mbox);
 }

@@ -58,10 +58,15 @@ impl Proxy {
             signer(),
             cache,
             fetcher,
-            ImagePolicy { max_alloc: 32 << 20, ..ImagePolicy::default() },
+            ImagePolicy {
+                max_alloc: 32 << 20,
+                ..ImagePolicy::default()
+            },
             Arc::new(Metrics::new()),
         ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ServerConfig {
@@ -73,7 +78,11 @@ impl Proxy {
         let task = tokio::spawn(server::run(listener, state, config, async {
             let _ = stopped.await;
         }));
-        Proxy { addr, stop: Some(stop), task }
+        Proxy {
+            addr,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// The proxy path (`/i/...`) for `target`.
@@ -104,21 +113,33 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
     request_with_body(method, url, headers, Vec::new()).await
 }
 
-pub async fn request_with_body(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Got {
+pub async fn request_with_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Got {
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let body = http_body_util::Full::new(Bytes::from(body));
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req.body(body).expect("req")))
-        .await
-        .expect("proxy answers in time")
-        .expect("request");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(req.body(body).expect("req")),
+    )
+    .await
+    .expect("proxy answers in time")
+    .expect("request");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Got { status, headers, body }
+    Got {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Got {
@@ -126,9 +147,12 @@ pub async fn get(url: &str) -> Got {
 }
 
 pub fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([(x * 7) as u8, (y * 3) as u8, 90, 255]));
+    let img = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x * 7) as u8, (y * 3) as u8, 90, 255])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
     out.into_inner()
 }
 
@@ -158,10 +182,19 @@ async fn miss_then_hit_with_our_headers_only() {
     assert_eq!(h["content-type"], "image/png");
     assert_eq!(h["content-length"], second.body.len().to_string().as_str());
     assert_eq!(h["x-content-type-options"], "nosniff");
-    assert!(h["content-security-policy"].to_str().expect("csp").contains("default-src 'none'"));
+    assert!(h["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .contains("default-src 'none'"));
     assert_eq!(h["referrer-policy"], "no-referrer");
-    assert!(h["cache-control"].to_str().expect("cc").contains("max-age="));
-    assert!(h.get("set-cookie").is_none(), "no upstream header passes through");
+    assert!(h["cache-control"]
+        .to_str()
+        .expect("cc")
+        .contains("max-age="));
+    assert!(
+        h.get("set-cookie").is_none(),
+        "no upstream header passes through"
+    );
     let decoded = image::load_from_memory(&second.body).expect("a valid image");
     assert_eq!((decoded.width(), decoded.height()), (20, 10));
     proxy.stop().await;
@@ -173,8 +206,17 @@ async fn bad_or_missing_signature_is_403_without_touching_the_network() {
     up.body("/a.png", "image/png", png(2, 2));
     let good = proxy.path_for(&up.url("/a.png"));
     let other = proxy.path_for(&up.url("/b.png"));
-    let forged = format!("{}/{}", good.rsplit_once('/').expect("tag").0, other.rsplit_once('/').expect("t").1);
-    for path in ["/i/", "/i/abc", "/i/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovL3guZXhhbXBsZS8", forged.as_str()] {
+    let forged = format!(
+        "{}/{}",
+        good.rsplit_once('/').expect("tag").0,
+        other.rsplit_once('/').expect("t").1
+    );
+    for path in [
+        "/i/",
+        "/i/abc",
+        "/i/AAAAAAAAAAAAAAAAAAAAAA/aHR0cDovL3guZXhhbXBsZS8",
+        forged.as_str(),
+    ] {
         assert_eq!(get(&proxy.url(path)).await.status, 403, "{path}");
     }
     assert!(up.log().is_empty(), "upstream contacted: {:?}", up.log());
@@ -191,7 +233,10 @@ async fn routes_health_metrics_and_404() {
     let metrics = get(&proxy.url("/metrics")).await;
     assert_eq!(metrics.status, 200);
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("mailveil_requests_total{outcome=\"bad_signature\"} 1"), "{text}");
+    assert!(
+        text.contains("mailveil_requests_total{outcome=\"bad_signature\"} 1"),
+        "{text}"
+    );
     proxy.stop().await;
 }
 
@@ -217,8 +262,17 @@ async fn exactly_the_allowed_headers_go_upstream() {
     assert_eq!(log.len(), 1);
     let mut names: Vec<&str> = log[0].headers.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["accept", "host", "user-agent"], "{:?}", log[0].headers);
-    let ua = log[0].headers.iter().find(|(k, _)| k == "user-agent").expect("ua");
+    assert_eq!(
+        names,
+        ["accept", "host", "user-agent"],
+        "{:?}",
+        log[0].headers
+    );
+    let ua = log[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "user-agent")
+        .expect("ua");
     assert_eq!(ua.1, USER_AGENT);
     proxy.stop().await;
 }
@@ -234,9 +288,16 @@ async fn redirect_chains_are_followed_within_the_limit() {
     up.route("/loop/", Route::RedirectLoop("/loop/"));
     let started = Instant::now();
     let looped = get(&proxy.url(&proxy.path_for(&up.url("/loop/0")))).await;
-    assert!(looped.status >= 400, "redirect loop must fail, got {}", looped.status);
+    assert!(
+        looped.status >= 400,
+        "redirect loop must fail, got {}",
+        looped.status
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(up.hits_prefix("/loop/") <= 6, "at most max_redirects + 1 requests");
+    assert!(
+        up.hits_prefix("/loop/") <= 6,
+        "at most max_redirects + 1 requests"
+    );
     proxy.stop().await;
 }
 
@@ -247,14 +308,20 @@ async fn if_none_match_gives_304_and_head_has_no_body() {
     let url = proxy.url(&proxy.path_for(&up.url("/e.png")));
     let first = get(&url).await;
     let etag = first.headers["etag"].to_str().expect("etag").to_owned();
-    assert!(etag.starts_with('"') && etag.len() == 66, "strong etag: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.len() == 66,
+        "strong etag: {etag}"
+    );
     let cond = request("GET", &url, &[("if-none-match", &etag)]).await;
     assert_eq!(cond.status, 304);
     assert!(cond.body.is_empty());
     let head = request("HEAD", &url, &[]).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
-    assert_eq!(head.headers["content-length"], first.body.len().to_string().as_str());
+    assert_eq!(
+        head.headers["content-length"],
+        first.body.len().to_string().as_str()
+    );
     proxy.stop().await;
 }
 
@@ -300,9 +367,21 @@ async fn a_corrupt_cache_file_is_never_served() {
 #[tokio::test]
 async fn hundred_concurrent_requests_make_one_upstream_fetch() {
     let (_dir, up, proxy) = setup().await;
-    up.route("/slow.png", Route::Body { content_type: "image/png", body: png(8, 8).into(), delay: Duration::from_millis(300) });
+    up.route(
+        "/slow.png",
+        Route::Body {
+            content_type: "image/png",
+            body: png(8, 8).into(),
+            delay: Duration::from_millis(300),
+        },
+    );
     let url = proxy.url(&proxy.path_for(&up.url("/slow.png")));
-    let tasks: Vec<_> = (0..100).map(|_| { let url = url.clone(); tokio::spawn(async move { get(&url).await.status }) }).collect();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
     for t in tasks {
         assert_eq!(t.await.expect("join"), 200);
     }
@@ -312,12 +391,17 @@ async fn hundred_concurrent_requests_make_one_upstream_fetch() {
 
 pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
             out.extend(walk(&p));
-        } else if !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp")) {
+        } else if !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+        {
             out.push(p);
         }
     }

@@ -19,7 +19,9 @@ struct Canary {
 
 impl Canary {
     async fn start(bind: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind canary");
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .expect("bind canary");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
@@ -82,13 +84,20 @@ fn cases(p: u16, p6: u16) -> Vec<String> {
         "gopher://127.0.0.1:{P}/_x",
     ]
     .iter()
-    .map(|c| c.replace("{P6}", &p6.to_string()).replace("{P}", &p.to_string()))
+    .map(|c| {
+        c.replace("{P6}", &p6.to_string())
+            .replace("{P}", &p.to_string())
+    })
     .collect()
 }
 
 async fn assert_refused(proxy: &Proxy, target: &str) {
     let got = get(&proxy.url(&proxy.path_for(target))).await;
-    assert!((400..500).contains(&got.status), "{target}: expected a 4xx, got {}", got.status);
+    assert!(
+        (400..500).contains(&got.status),
+        "{target}: expected a 4xx, got {}",
+        got.status
+    );
 }
 
 #[tokio::test]
@@ -112,9 +121,21 @@ async fn names_resolving_to_private_addresses_are_refused() {
     let canary = Canary::start("127.0.0.1:0").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let resolver = StaticResolver::new([
-        ("loopback.test".to_owned(), vec!["127.0.0.1".parse().expect("ip")]),
-        ("mixed.test".to_owned(), vec!["192.0.2.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")]),
-        ("metadata.test".to_owned(), vec!["169.254.169.254".parse().expect("ip")]),
+        (
+            "loopback.test".to_owned(),
+            vec!["127.0.0.1".parse().expect("ip")],
+        ),
+        (
+            "mixed.test".to_owned(),
+            vec![
+                "192.0.2.10".parse().expect("ip"),
+                "127.0.0.1".parse().expect("ip"),
+            ],
+        ),
+        (
+            "metadata.test".to_owned(),
+            vec!["169.254.169.254".parse().expect("ip")],
+        ),
     ]);
     let fetcher = Fetcher::with_resolver(fetch_config(&[]), Arc::new(resolver));
     let proxy = Proxy::start_with_fetcher(dir.path(), fetcher).await;
@@ -133,10 +154,25 @@ async fn a_redirect_to_a_private_address_is_refused() {
     let canary = Canary::start("127.0.0.2:0").await;
     let canary6 = Canary::start("[::1]:0").await;
     let up = Upstream::start("127.0.0.1:0").await;
-    up.route("/to-canary", Route::Redirect(format!("http://{}/x.png", canary.addr)));
-    up.route("/to-canary6", Route::Redirect(format!("http://{}/x.png", canary6.addr)));
-    up.route("/to-mapped", Route::Redirect(format!("http://[::ffff:127.0.0.2]:{}/x.png", canary.addr.port())));
-    up.route("/to-metadata", Route::Redirect("http://169.254.169.254/latest/".into()));
+    up.route(
+        "/to-canary",
+        Route::Redirect(format!("http://{}/x.png", canary.addr)),
+    );
+    up.route(
+        "/to-canary6",
+        Route::Redirect(format!("http://{}/x.png", canary6.addr)),
+    );
+    up.route(
+        "/to-mapped",
+        Route::Redirect(format!(
+            "http://[::ffff:127.0.0.2]:{}/x.png",
+            canary.addr.port()
+        )),
+    );
+    up.route(
+        "/to-metadata",
+        Route::Redirect("http://169.254.169.254/latest/".into()),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
     for path in ["/to-canary", "/to-canary6", "/to-mapped", "/to-metadata"] {

@@ -6,7 +6,8 @@ use std::process::Command;
 /// The unit with `ExecStart` pointing at the binary under test, since `verify` checks that
 /// the command exists.
 fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(crate::util::data("../../systemd/mailveil.service")).expect("unit");
+    let unit =
+        std::fs::read_to_string(crate::util::data("../../systemd/mailveil.service")).expect("unit");
     let unit = unit.replace("/usr/local/bin/mailveil", env!("CARGO_BIN_EXE_mailveil"));
     let path = dir.join("mailveil.service");
     std::fs::write(&path, unit).expect("write unit");
@@ -25,7 +26,11 @@ fn unit_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let unit = unit_under_test(dir.path());
     let out = systemd_analyze(&["verify", unit.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -33,19 +38,33 @@ fn socket_unit_verifies_with_the_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let service = unit_under_test(dir.path());
     let socket = dir.path().join("mailveil.socket");
-    std::fs::copy(crate::util::data("../../systemd/mailveil.socket"), &socket).expect("copy socket unit");
-    let out = systemd_analyze(&["verify", socket.to_str().expect("utf-8"), service.to_str().expect("utf-8")]);
+    std::fs::copy(crate::util::data("../../systemd/mailveil.socket"), &socket)
+        .expect("copy socket unit");
+    let out = systemd_analyze(&[
+        "verify",
+        socket.to_str().expect("utf-8"),
+        service.to_str().expect("utf-8"),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("mailveil.socket"), "warnings about the socket unit: {stderr}");
+    assert!(
+        !stderr.contains("mailveil.socket"),
+        "warnings about the socket unit: {stderr}"
+    );
 }
 
 #[test]
 fn unit_exposure_is_at_most_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let unit = unit_under_test(dir.path());
-    let out = systemd_analyze(&["security", "--offline=true", "--no-pager", unit.to_str().expect("utf-8")]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = systemd_analyze(&[
+        "security",
+        "--offline=true",
+        "--no-pager",
+        unit.to_str().expect("utf-8"),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))

@@ -4,21 +4,21 @@
 
 mod util;
 
-mod cli;
-mod filter;
-mod props;
-mod vectors;
-mod hostile;
-mod server;
-mod ssrf;
-mod upstream;
-mod chromium;
-mod daemon;
-mod prefetch;
-mod systemd;
+mod activation;
 mod api;
-mod recipes;
+mod chromium;
+mod cli;
+mod daemon;
+mod filter;
+mod hostile;
 mod milter;
 mod postfix;
+mod prefetch;
+mod props;
+mod recipes;
+mod server;
 mod sieve;
-mod activation;
+mod ssrf;
+mod systemd;
+mod upstream;
+mod vectors;

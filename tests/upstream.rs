@@ -28,7 +28,11 @@ pub struct Logged {
 #[derive(Clone)]
 pub enum Route {
     /// 200 with this content type and body, after an optional delay.
-    Body { content_type: &'static str, body: Bytes, delay: Duration },
+    Body {
+        content_type: &'static str,
+        body: Bytes,
+        delay: Duration,
+    },
     /// 302 to this location.
     Redirect(String),
     /// 302 to `/{prefix}/{n+1}` forever.
@@ -52,11 +56,16 @@ impl Upstream {
     /// Starts on `bind` (e.g. "127.0.0.1:0") with no routes; unknown paths get 404.
     pub async fn start(bind: &str) -> Self {
         let listener = TcpListener::bind(bind).await.expect("bind upstream");
-        let mut up = Upstream { addr: Some(listener.local_addr().expect("addr")), ..Default::default() };
+        let mut up = Upstream {
+            addr: Some(listener.local_addr().expect("addr")),
+            ..Default::default()
+        };
         let server = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| server.clone().answer(req));
@@ -80,11 +89,21 @@ impl Upstream {
     }
 
     pub fn route(&self, path: &str, route: Route) {
-        self.routes.lock().expect("lock").insert(path.to_owned(), route);
+        self.routes
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), route);
     }
 
     pub fn body(&self, path: &str, content_type: &'static str, body: impl Into<Bytes>) {
-        self.route(path, Route::Body { content_type, body: body.into(), delay: Duration::ZERO });
+        self.route(
+            path,
+            Route::Body {
+                content_type,
+                body: body.into(),
+                delay: Duration::ZERO,
+            },
+        );
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -96,17 +115,31 @@ impl Upstream {
     }
 
     pub fn hits_prefix(&self, prefix: &str) -> usize {
-        self.log().iter().filter(|l| l.path.starts_with(prefix)).count()
+        self.log()
+            .iter()
+            .filter(|l| l.path.starts_with(prefix))
+            .count()
     }
 
-    async fn answer(self, req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    async fn answer(
+        self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
         let headers = req
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
             .collect();
-        self.log.lock().expect("lock").push(Logged { path: path.clone(), headers, at: std::time::SystemTime::now() });
+        self.log.lock().expect("lock").push(Logged {
+            path: path.clone(),
+            headers,
+            at: std::time::SystemTime::now(),
+        });
         let route = self.find(&path);
         Ok(respond(route, &path).await)
     }
@@ -133,30 +166,44 @@ fn full(status: StatusCode, body: Bytes) -> Response<BoxBody<Bytes, Infallible>>
 async fn respond(route: Option<Route>, path: &str) -> Response<BoxBody<Bytes, Infallible>> {
     match route {
         None => full(StatusCode::NOT_FOUND, Bytes::new()),
-        Some(Route::Body { content_type, body, delay }) => {
+        Some(Route::Body {
+            content_type,
+            body,
+            delay,
+        }) => {
             tokio::time::sleep(delay).await;
             let mut r = full(StatusCode::OK, body);
-            r.headers_mut().insert("content-type", content_type.parse().expect("ct"));
-            r.headers_mut().insert("set-cookie", "tracker=1; Path=/".parse().expect("cookie"));
+            r.headers_mut()
+                .insert("content-type", content_type.parse().expect("ct"));
+            r.headers_mut()
+                .insert("set-cookie", "tracker=1; Path=/".parse().expect("cookie"));
             r
         }
         Some(Route::Redirect(to)) => redirect(&to),
         Some(Route::RedirectLoop(prefix)) => {
-            let n: u64 = path.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let n: u64 = path
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             redirect(&format!("{prefix}{}", n + 1))
         }
-        Some(Route::Status(code)) => full(StatusCode::from_u16(code).expect("status"), Bytes::new()),
+        Some(Route::Status(code)) => {
+            full(StatusCode::from_u16(code).expect("status"), Bytes::new())
+        }
         Some(Route::Endless) => {
             let chunk = Bytes::from(vec![0u8; 64 * 1024]);
             let stream = futures_stream(move || Some(chunk.clone()), Duration::ZERO);
             let mut r = Response::new(StreamBody::new(stream).boxed());
-            r.headers_mut().insert("content-type", "image/png".parse().expect("ct"));
+            r.headers_mut()
+                .insert("content-type", "image/png".parse().expect("ct"));
             r
         }
         Some(Route::Drip(interval)) => {
             let stream = futures_stream(|| Some(Bytes::from_static(b"\x89")), interval);
             let mut r = Response::new(StreamBody::new(stream).boxed());
-            r.headers_mut().insert("content-type", "image/png".parse().expect("ct"));
+            r.headers_mut()
+                .insert("content-type", "image/png".parse().expect("ct"));
             r
         }
     }
@@ -164,7 +211,8 @@ async fn respond(route: Option<Route>, path: &str) -> Response<BoxBody<Bytes, In
 
 fn redirect(to: &str) -> Response<BoxBody<Bytes, Infallible>> {
     let mut r = full(StatusCode::FOUND, Bytes::new());
-    r.headers_mut().insert("location", to.parse().expect("location"));
+    r.headers_mut()
+        .insert("location", to.parse().expect("location"));
     r
 }
 

@@ -28,7 +28,9 @@ pub fn engine(mode: TrackerMode) -> Engine {
 }
 
 pub fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 pub fn read_data(rel: &str) -> Vec<u8> {
@@ -114,7 +116,12 @@ impl Sandbox {
 
     /// Runs `mailveil ARGS` with this sandbox's config, `input` on stdin.
     pub fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        run_binary(args, input, &[("MAILVEIL_CONFIG", self.config.as_os_str())], self.dir.path())
+        run_binary(
+            args,
+            input,
+            &[("MAILVEIL_CONFIG", self.config.as_os_str())],
+            self.dir.path(),
+        )
     }
 }
 
@@ -150,7 +157,11 @@ pub fn run_binary(
 
 /// A port that was free a moment ago, for a daemon started as a separate process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Waits until `{base}/healthz` answers 200.
@@ -160,12 +171,17 @@ pub async fn wait_healthy(base: &str) {
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     loop {
         let uri: http::Uri = format!("{base}/healthz").parse().expect("uri");
-        if let Ok(Ok(resp)) = tokio::time::timeout(std::time::Duration::from_secs(1), client.get(uri)).await {
+        if let Ok(Ok(resp)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), client.get(uri)).await
+        {
             if resp.status() == 200 {
                 return;
             }
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "daemon not healthy at {base}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "daemon not healthy at {base}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

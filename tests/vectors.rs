@@ -21,7 +21,13 @@ fn parse_expect(first_line: &str) -> Expect {
         .strip_prefix("<!-- expect ")
         .and_then(|s| s.strip_suffix("-->"))
         .expect("fixture starts with <!-- expect ... -->");
-    let mut e = Expect { proxied: 0, trackers: 0, removed: 0, absent: vec![], identical: false };
+    let mut e = Expect {
+        proxied: 0,
+        trackers: 0,
+        removed: 0,
+        absent: vec![],
+        identical: false,
+    };
     for word in body.split_whitespace() {
         match word.split_once('=') {
             Some(("proxied", n)) => e.proxied = n.parse().expect("number"),
@@ -42,7 +48,11 @@ fn check(name: &str) {
     let absent: Vec<&str> = expect.absent.iter().map(String::as_str).collect();
     let body = out.html.split_once('\n').map_or("", |(_, rest)| rest);
     let leaked = leaks(body, &absent);
-    assert!(leaked.is_empty(), "{name}: remote references survived:\n{leaked:#?}\n--- output ---\n{}", out.html);
+    assert!(
+        leaked.is_empty(),
+        "{name}: remote references survived:\n{leaked:#?}\n--- output ---\n{}",
+        out.html
+    );
     let r = &out.report;
     assert_eq!(
         (r.proxied, r.trackers, r.removed),
@@ -53,9 +63,14 @@ fn check(name: &str) {
     let urls = proxy_urls(&out.html);
     for url in &urls {
         let path = url.strip_prefix(PUBLIC_URL).expect("prefix");
-        signer().verify(path).unwrap_or_else(|e| panic!("{name}: {url} does not verify: {e}"));
+        signer()
+            .verify(path)
+            .unwrap_or_else(|e| panic!("{name}: {url} does not verify: {e}"));
     }
-    assert!(urls.len() >= expect.proxied, "{name}: fewer proxy URLs than proxied references");
+    assert!(
+        urls.len() >= expect.proxied,
+        "{name}: fewer proxy URLs than proxied references"
+    );
     if expect.identical {
         assert_eq!(out.html, text, "{name}: output should be byte-identical");
     }
@@ -66,21 +81,57 @@ macro_rules! vector_tests {
 }
 
 vector_tests!(
-    img, background, css_inline, css_style, svg, media, link, frames, meta_refresh, base,
-    entities, mso, trackers, preserved, data_urls, scripts_events, noscript,
+    img,
+    background,
+    css_inline,
+    css_style,
+    svg,
+    media,
+    link,
+    frames,
+    meta_refresh,
+    base,
+    entities,
+    mso,
+    trackers,
+    preserved,
+    data_urls,
+    scripts_events,
+    noscript,
 );
 
 #[test]
 fn every_fixture_has_a_test() {
     let dir = crate::util::data("vectors");
     let listed = [
-        "img", "background", "css_inline", "css_style", "svg", "media", "link", "frames",
-        "meta_refresh", "base", "entities", "mso", "trackers", "preserved", "data_urls",
-        "scripts_events", "noscript",
+        "img",
+        "background",
+        "css_inline",
+        "css_style",
+        "svg",
+        "media",
+        "link",
+        "frames",
+        "meta_refresh",
+        "base",
+        "entities",
+        "mso",
+        "trackers",
+        "preserved",
+        "data_urls",
+        "scripts_events",
+        "noscript",
     ];
     for entry in std::fs::read_dir(dir).expect("dir") {
-        let name = entry.expect("entry").file_name().to_string_lossy().replace(".html", "");
-        assert!(listed.contains(&name.as_str()), "fixture {name} has no test");
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .replace(".html", "");
+        assert!(
+            listed.contains(&name.as_str()),
+            "fixture {name} has no test"
+        );
     }
 }
 
@@ -90,15 +141,25 @@ fn tracker_mode_proxy_keeps_and_counts_trackers() {
     let out = engine(TrackerMode::Proxy).rewrite(html).expect("rewrite");
     assert_eq!((out.report.proxied, out.report.trackers), (1, 1));
     assert!(out.report.tracker_hosts.contains("us1.list-manage.com"));
-    assert!(leaks(&out.html, &["list-manage.com"]).is_empty(), "{}", out.html);
+    assert!(
+        leaks(&out.html, &["list-manage.com"]).is_empty(),
+        "{}",
+        out.html
+    );
     assert_eq!(proxy_urls(&out.html).len(), 1);
 }
 
 #[test]
 fn base_href_makes_relative_links_absolute() {
-    let html = r##"<base href="https://base.example/dir/"><a href="page.html">x</a><a href="#top">y</a>"##;
+    let html =
+        r##"<base href="https://base.example/dir/"><a href="page.html">x</a><a href="#top">y</a>"##;
     let out = engine(TrackerMode::Block).rewrite(html).expect("rewrite");
-    assert!(out.html.contains(r#"href="https://base.example/dir/page.html""#), "{}", out.html);
+    assert!(
+        out.html
+            .contains(r#"href="https://base.example/dir/page.html""#),
+        "{}",
+        out.html
+    );
     assert!(out.html.contains(r##"href="#top""##), "{}", out.html);
     assert!(!out.html.contains("<base"), "{}", out.html);
 }
@@ -108,7 +169,9 @@ fn already_proxied_urls_are_left_alone() {
     let first = engine(TrackerMode::Block)
         .rewrite(r#"<img src="https://img.example/a.png">"#)
         .expect("rewrite");
-    let second = engine(TrackerMode::Block).rewrite(&first.html).expect("rewrite");
+    let second = engine(TrackerMode::Block)
+        .rewrite(&first.html)
+        .expect("rewrite");
     assert_eq!(first.html, second.html);
     assert_eq!(second.report.proxied, 0);
 }
@@ -119,13 +182,20 @@ fn report_collects_distinct_targets_for_prefetch() {
     let out = engine(TrackerMode::Block).rewrite(html).expect("rewrite");
     assert_eq!(out.report.proxied, 3);
     let targets: Vec<&str> = out.report.targets.iter().map(String::as_str).collect();
-    assert_eq!(targets, ["https://a.example/x.png", "https://b.example/y.png"]);
+    assert_eq!(
+        targets,
+        ["https://a.example/x.png", "https://b.example/y.png"]
+    );
 }
 
 #[test]
 fn deeply_nested_markup_is_bounded() {
     let depth = 100_000;
-    let html = format!("{}<img src=\"https://deep.remote.test/x.png\">{}", "<div>".repeat(depth), "</div>".repeat(depth));
+    let html = format!(
+        "{}<img src=\"https://deep.remote.test/x.png\">{}",
+        "<div>".repeat(depth),
+        "</div>".repeat(depth)
+    );
     match engine(TrackerMode::Block).rewrite(&html) {
         Ok(out) => assert!(leaks(&out.html, &[]).is_empty()),
         Err(e) => eprintln!("refused (the caller keeps the original and says why): {e}"),
