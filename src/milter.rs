@@ -362,6 +362,20 @@ impl Listener {
                 .transpose(),
         }
     }
+
+    /// Waits for one MTA connection and starts its session, which holds `permit`.
+    async fn accept_session(
+        &self,
+        tracker: &TaskTracker,
+        permit: OwnedSemaphorePermit,
+        state: &Arc<MilterState>,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Inet(l) => spawn_session(tracker, permit, state, l.accept().await?.0),
+            Self::Unix(l, _) => spawn_session(tracker, permit, state, l.accept().await?.0),
+        }
+        Ok(())
+    }
 }
 
 /// Serves MTA connections until `stop`, then waits for the sessions in flight (each ends
@@ -389,27 +403,12 @@ pub async fn run(
                 Err(_) => break,
             },
         };
-        match &listener {
-            Listener::Inet(l) => {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => break,
-                    a = l.accept() => a,
-                };
-                match accepted {
-                    Ok((stream, _)) => spawn_session(&tracker, permit, &state, stream),
-                    Err(e) => accept_error(&e).await,
-                }
-            }
-            Listener::Unix(l, _) => {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => break,
-                    a = l.accept() => a,
-                };
-                match accepted {
-                    Ok((stream, _)) => spawn_session(&tracker, permit, &state, stream),
-                    Err(e) => accept_error(&e).await,
-                }
-            }
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept_session(&tracker, permit, &state) => a,
+        };
+        if let Err(e) = accepted {
+            accept_error(&e).await;
         }
     }
     drop(listener);
