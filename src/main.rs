@@ -202,24 +202,13 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     };
     // Sockets systemd opened for us (mailveil.socket) replace the matching binds.
     let mut activation = Activation::from_env()?;
-    let listener = match activation
-        .take_tcp(config.listen)
-        .context("server.listen: inherited socket")?
-    {
-        Some(inherited) => {
-            tracing::info!(listen = %config.listen, "using the socket passed by systemd");
-            tokio::net::TcpListener::from_std(inherited)
-                .context("server.listen: inherited socket")?
-        }
-        None => tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "server.listen = {:?}: cannot listen",
-                    config.listen.to_string()
-                )
-            })?,
-    };
+    let listener = tcp_listener(
+        &mut activation,
+        config.listen,
+        "server.listen",
+        "image endpoint",
+    )
+    .await?;
     spawn_eviction(state.cache.clone());
     let stop_prefetch = CancellationToken::new();
     let prefetch = tokio::spawn(prefetch::run(
@@ -311,6 +300,27 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The TCP listener for the config key `key`: the socket systemd passed for `addr` if there
+/// is one, else a fresh bind. `what` names the listener in the log.
+async fn tcp_listener(
+    activation: &mut Activation,
+    addr: std::net::SocketAddr,
+    key: &str,
+    what: &str,
+) -> Result<tokio::net::TcpListener> {
+    let inherited = activation
+        .take_tcp(addr)
+        .with_context(|| format!("{key}: inherited socket"))?;
+    if let Some(inherited) = inherited {
+        tracing::info!(listen = %addr, "{what} using the socket passed by systemd");
+        return tokio::net::TcpListener::from_std(inherited)
+            .with_context(|| format!("{key}: inherited socket"));
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key} = {:?}: cannot listen", addr.to_string()))
+}
+
 /// Starts the rewrite API on its own listener.
 async fn spawn_api(
     config: &Config,
@@ -325,23 +335,7 @@ async fn spawn_api(
         tokens,
         config.api.max_body,
     ));
-    let listener = match activation
-        .take_tcp(config.api.listen)
-        .context("api.listen: inherited socket")?
-    {
-        Some(inherited) => {
-            tracing::info!(listen = %config.api.listen, "rewrite API using the socket passed by systemd");
-            tokio::net::TcpListener::from_std(inherited).context("api.listen: inherited socket")?
-        }
-        None => tokio::net::TcpListener::bind(config.api.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "api.listen = {:?}: cannot listen",
-                    config.api.listen.to_string()
-                )
-            })?,
-    };
+    let listener = tcp_listener(activation, config.api.listen, "api.listen", "rewrite API").await?;
     tracing::info!(listen = %config.api.listen, "rewrite API serving");
     let api_config = ServerConfig {
         max_connections: 256,
