@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::milter::{converse_on, newsletter, replacement, Changes, Sent};
-use crate::util::{free_port, wait_healthy};
+use crate::util::{free_port, serve_config, wait_healthy};
 
 /// `systemd-socket-activate -l ... mailveil serve --config ...`, killed on drop.
 struct Activated {
@@ -68,29 +68,13 @@ impl Activated {
     }
 }
 
-fn config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("mailveil.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             [keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n{extra}",
-            dir.join("key").display(),
-            dir.join("cache").display(),
-            dir.join("spool").display(),
-        ),
-    )
-    .expect("config");
-    path
-}
-
 #[tokio::test]
 async fn serve_uses_the_sockets_systemd_opened() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (port, api_port) = (free_port(), free_port());
     let milter_sock = d.join("milter.sock");
-    let config = config(
+    let config = serve_config(
         d,
         port,
         &format!(
@@ -160,7 +144,7 @@ async fn a_socket_matching_no_listen_address_stops_serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (port, stray) = (free_port(), free_port());
-    let config = config(d, port, "");
+    let config = serve_config(d, port, "");
     let mut daemon = Activated::spawn(d, &[format!("127.0.0.1:{stray}")], &config);
     // The launcher starts the daemon on the first connection.
     let started = Instant::now();

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::server::request;
-use crate::util::{free_port, leaks};
+use crate::util::{free_port, leaks, serve_config, spool_jobs};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -26,13 +26,13 @@ async fn start() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, api_port) = (free_port(), free_port());
     let d = dir.path();
-    let config = d.join("mailveil.toml");
-    std::fs::write(&config, format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-         [keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n\
-         [api]\nlisten = \"127.0.0.1:{api_port}\"\ntokens = [\"{TOKEN}\"]\nmax_body_bytes = 65536\n",
-        d.join("key").display(), d.join("cache").display(), d.join("spool").display(),
-    )).expect("config");
+    let config = serve_config(
+        d,
+        port,
+        &format!(
+            "[api]\nlisten = \"127.0.0.1:{api_port}\"\ntokens = [\"{TOKEN}\"]\nmax_body_bytes = 65536\n"
+        ),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_mailveil"))
         .args(["serve", "--config", config.to_str().expect("utf-8")])
         .env_clear()
@@ -59,13 +59,7 @@ async fn start() -> Api {
 }
 
 fn jobs(api: &Api) -> usize {
-    std::fs::read_dir(api.dir.path().join("spool"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
-                .count()
-        })
-        .unwrap_or(0)
+    spool_jobs(&api.dir.path().join("spool"))
 }
 
 async fn post(

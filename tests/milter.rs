@@ -12,7 +12,7 @@ use miltr_common::modifications::{ModificationAction, ModificationResponse};
 use miltr_common::optneg::OptNeg;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
-use crate::util::{free_port, leaks, proxy_urls};
+use crate::util::{free_port, leaks, proxy_urls, serve_config, spool_jobs};
 
 /// `mailveil serve` with a milter on loopback (or a Unix socket), in a temp dir.
 pub struct MilterDaemon {
@@ -41,17 +41,7 @@ impl MilterDaemon {
         } else {
             format!("listen = \"inet:127.0.0.1:{milter_port}\"\n")
         };
-        let config = d.join("mailveil.toml");
-        std::fs::write(
-            &config,
-            format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             [keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n\
-             [milter]\n{listen}{milter_toml}\n",
-            d.join("key").display(), d.join("cache").display(), d.join("spool").display(),
-        ),
-        )
-        .expect("config");
+        let config = serve_config(d, port, &format!("[milter]\n{listen}{milter_toml}\n"));
         let child = Command::new(env!("CARGO_BIN_EXE_mailveil"))
             .args(["serve", "--config", config.to_str().expect("utf-8")])
             .env_clear()
@@ -73,13 +63,7 @@ impl MilterDaemon {
     }
 
     pub fn jobs(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
-                    .count()
-            })
-            .unwrap_or(0)
+        spool_jobs(&self.dir.path().join("spool"))
     }
 
     pub fn terminate(&mut self) {
@@ -409,15 +393,11 @@ async fn milter_refuses_a_non_socket_in_the_way() {
     let sockdir = tempfile::tempdir().expect("tempdir");
     let path = sockdir.path().join("milter.sock");
     std::fs::write(&path, "not a socket").expect("file");
-    let config = sockdir.path().join("c.toml");
-    std::fs::write(&config, format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\n[keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n[milter]\nlisten = \"unix:{}\"\n",
+    let config = serve_config(
+        sockdir.path(),
         free_port(),
-        sockdir.path().join("key").display(),
-        sockdir.path().join("cache").display(),
-        sockdir.path().join("spool").display(),
-        path.display(),
-    )).expect("config");
+        &format!("[milter]\nlisten = \"unix:{}\"\n", path.display()),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_mailveil"))
         .args(["serve", "--config", config.to_str().expect("utf-8")])
         .env_clear()

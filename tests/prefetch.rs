@@ -4,13 +4,13 @@
 //! anonymous headers whether the message is ever opened or not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{get, png};
 use crate::upstream::{Logged, Route, Upstream};
-use crate::util::{free_port, run_binary, wait_healthy};
+use crate::util::{free_port, run_binary, spool_jobs, wait_healthy};
 
 const MESSAGES: usize = 50;
 const UA: &str = "mailveil-prefetch-test/1";
@@ -100,16 +100,6 @@ impl Serve {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn jobs_in(spool: &Path) -> usize {
-    std::fs::read_dir(spool)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -306,7 +296,7 @@ async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
         .iter()
         .all(|m| m.starts_with("X-Mailveil: proxied=4")));
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        jobs_in(&setup.spool()) == 0
+        spool_jobs(&setup.spool()) == 0
     })
     .await;
     // The figure behind the cache sizing advice in the README.
@@ -331,12 +321,12 @@ async fn jobs_wait_in_the_spool_until_serve_starts() {
     let rewritten: Vec<String> = (0..MESSAGES)
         .map(|i| setup.filter(&message(&up, i)))
         .collect();
-    assert_eq!(jobs_in(&setup.spool()), MESSAGES);
+    assert_eq!(spool_jobs(&setup.spool()), MESSAGES);
     assert!(up.log().is_empty(), "filter itself fetches nothing");
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        jobs_in(&setup.spool()) == 0
+        spool_jobs(&setup.spool()) == 0
     })
     .await;
     assert_opens_tell_the_sender_nothing(&setup, &up, &rewritten).await;
@@ -361,12 +351,12 @@ async fn sigkill_mid_drain_loses_no_job() {
         at_kill < expected_paths().len(),
         "killed mid-drain ({at_kill} fetched)"
     );
-    assert!(jobs_in(&setup.spool()) > 0, "jobs remain after the kill");
+    assert!(spool_jobs(&setup.spool()) > 0, "jobs remain after the kill");
 
     let _serve = setup.serve();
     wait_healthy(&setup.base()).await;
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        jobs_in(&setup.spool()) == 0
+        spool_jobs(&setup.spool()) == 0
     })
     .await;
     let fetched = counts(&up.log());
@@ -456,7 +446,11 @@ async fn transient_failures_are_retried_until_cached() {
         up.hits("/flaky.png") >= 1
     })
     .await;
-    assert_eq!(jobs_in(&setup.spool()), 1, "the job stays while retrying");
+    assert_eq!(
+        spool_jobs(&setup.spool()),
+        1,
+        "the job stays while retrying"
+    );
     up.route(
         "/flaky.png",
         Route::Body {
@@ -466,7 +460,7 @@ async fn transient_failures_are_retried_until_cached() {
         },
     );
     wait_until("the retry to succeed", Duration::from_secs(20), || {
-        jobs_in(&setup.spool()) == 0
+        spool_jobs(&setup.spool()) == 0
     })
     .await;
     assert!(up.hits("/flaky.png") >= 2);
@@ -492,7 +486,7 @@ async fn permanent_failures_end_the_job() {
     );
     setup.filter(&message);
     wait_until("the job to end", Duration::from_secs(20), || {
-        jobs_in(&setup.spool()) == 0
+        spool_jobs(&setup.spool()) == 0
     })
     .await;
     assert_eq!(up.hits("/gone.png"), 1, "a 404 is not retried");

@@ -125,6 +125,35 @@ impl Sandbox {
     }
 }
 
+/// Writes `dir/mailveil.toml` for a `serve` on 127.0.0.1:`port`, with its key, cache and
+/// spool inside `dir`, followed by `extra` (more sections).
+pub fn serve_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let path = dir.join("mailveil.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             [keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n{extra}",
+            dir.join("key").display(),
+            dir.join("cache").display(),
+            dir.join("spool").display(),
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// Prefetch jobs waiting in `spool`.
+pub fn spool_jobs(spool: &Path) -> usize {
+    std::fs::read_dir(spool)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".job"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Runs the built binary with a private HOME so nothing outside the test is touched.
 pub fn run_binary(
     args: &[&str],
