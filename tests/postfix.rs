@@ -186,6 +186,22 @@ impl Postfix {
     }
 }
 
+/// Submits `message` over SMTP and waits until the Maildir holds `count` messages; both
+/// block, so they run off the test's async runtime.
+async fn submit_and_wait(
+    postfix: &std::sync::Arc<Postfix>,
+    message: Vec<u8>,
+    count: usize,
+) -> Vec<String> {
+    let postfix = postfix.clone();
+    tokio::task::spawn_blocking(move || {
+        postfix.submit(&message);
+        postfix.delivered(count)
+    })
+    .await
+    .expect("deliver")
+}
+
 impl Drop for Postfix {
     fn drop(&mut self) {
         let pid = std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
@@ -241,13 +257,7 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
     // A report forged by the sender must not survive next to ours.
     let mut message = b"X-Mailveil: proxied=999; trackers=0; removed=0\r\n".to_vec();
     message.extend_from_slice(&sent);
-    let p = postfix.clone();
-    let delivered = tokio::task::spawn_blocking(move || {
-        p.submit(&message);
-        p.delivered(1)
-    })
-    .await
-    .expect("deliver");
+    let delivered = submit_and_wait(&postfix, message, 1).await;
     let got = &delivered[0];
     let (head, body) = got.split_once("\n\n").expect("header and body");
     assert_eq!(
@@ -290,13 +300,7 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
     // 2. mailveil stopped: Postfix still delivers, unchanged.
     daemon.terminate();
     let (message, _, _) = newsletter(3);
-    let p = postfix.clone();
-    let delivered = tokio::task::spawn_blocking(move || {
-        p.submit(&message);
-        p.delivered(2)
-    })
-    .await
-    .expect("deliver");
+    let delivered = submit_and_wait(&postfix, message, 2).await;
     let got = &delivered[1];
     assert!(
         got.ends_with("--b1--\nepilogue\n\n"),
