@@ -133,7 +133,6 @@ impl Session {
         }
         let Some(body_start) = self.body_start else {
             // End of body without an end of headers: a confused client. Let it go on.
-            metrics.milter_message(MilterOutcome::Failed);
             return self.failure("no end of headers before the end of the body");
         };
         let message = std::mem::take(&mut self.message);
@@ -191,18 +190,14 @@ impl Session {
                 );
                 builder.contin()
             }
-            Ok(Err(reason)) => {
-                metrics.milter_message(MilterOutcome::Failed);
-                self.failure(&reason)
-            }
-            Err(_) => {
-                metrics.milter_message(MilterOutcome::Failed);
-                self.failure("internal error while rewriting (contained)")
-            }
+            Ok(Err(reason)) => self.failure(&reason),
+            Err(_) => self.failure("internal error while rewriting (contained)"),
         }
     }
 
+    /// Counts the failure and answers as `milter.on_error` says.
     fn failure(&self, reason: &str) -> ModificationResponse {
+        self.state.metrics.milter_message(MilterOutcome::Failed);
         match self.state.on_error {
             MilterOnError::Accept => {
                 tracing::warn!(reason, "milter: message passed unchanged");
