@@ -15,9 +15,9 @@ use std::time::Duration;
 use criterion::{criterion_group, Criterion, Throughput};
 use lol_html::{element, HtmlRewriter, Settings};
 use mailveil::config::TrackerMode;
-use mailveil::html::Engine;
+use mailveil::rewrite::html::Engine;
 use mailveil::sign::{Key, Signer};
-use mailveil::trackers::TrackerRules;
+use mailveil::rewrite::trackers::TrackerRules;
 use url::Url;
 
 const NEWSLETTER: &str = include_str!("data/newsletter.html");

@@ -458,15 +458,15 @@ pub struct Config {
     /// Listener limits (TLS files are loaded at start-up by `serve`).
     pub server: ServerSettings,
     /// The cache's own configuration.
-    pub cache: crate::cache::CacheConfig,
+    pub cache: crate::proxy::cache::CacheConfig,
     /// The fetcher's own configuration (its address policy holds `allow_networks`).
-    pub fetch: crate::fetch::FetchConfig,
+    pub fetch: crate::proxy::fetch::FetchConfig,
     /// Content checks.
-    pub images: crate::image::ImagePolicy,
+    pub images: crate::proxy::content::ImagePolicy,
     /// Prefetch workers' limits.
-    pub prefetch: crate::prefetch::PrefetchConfig,
+    pub prefetch: crate::delivery::prefetch::PrefetchConfig,
     /// What a reader's request does on a miss.
-    pub on_miss: crate::server::OnMiss,
+    pub on_miss: crate::proxy::OnMiss,
     /// The rewrite API.
     pub api: ApiSettings,
     /// The milter.
@@ -669,8 +669,8 @@ fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
     })
 }
 
-fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::cache::CacheConfig, ConfigError> {
-    Ok(crate::cache::CacheConfig {
+fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::proxy::cache::CacheConfig, ConfigError> {
+    Ok(crate::proxy::cache::CacheConfig {
         dir,
         max_disk_bytes: positive("cache.max_bytes", raw.max_bytes)?,
         memory_bytes: raw.memory_bytes,
@@ -681,7 +681,7 @@ fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::cache::CacheConfig
 fn parse_fetch(
     raw: &RawFetch,
     allow: Vec<IpNet>,
-) -> Result<crate::fetch::FetchConfig, ConfigError> {
+) -> Result<crate::proxy::fetch::FetchConfig, ConfigError> {
     let ua = raw.user_agent.trim();
     if ua.is_empty() || !ua.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(invalid(
@@ -690,18 +690,18 @@ fn parse_fetch(
             "must be non-empty printable ASCII",
         ));
     }
-    Ok(crate::fetch::FetchConfig {
+    Ok(crate::proxy::fetch::FetchConfig {
         user_agent: ua.to_owned(),
         connect_timeout: seconds("fetch.connect_timeout_secs", raw.connect_timeout_secs)?,
         total_timeout: seconds("fetch.timeout_secs", raw.timeout_secs)?,
         max_bytes: positive("fetch.max_bytes", raw.max_bytes)?,
         max_redirects: raw.max_redirects,
-        policy: crate::fetch::IpPolicy::new(allow),
+        policy: crate::proxy::fetch::IpPolicy::new(allow),
     })
 }
 
-fn parse_images(raw: &RawImages) -> Result<crate::image::ImagePolicy, ConfigError> {
-    Ok(crate::image::ImagePolicy {
+fn parse_images(raw: &RawImages) -> Result<crate::proxy::content::ImagePolicy, ConfigError> {
+    Ok(crate::proxy::content::ImagePolicy {
         max_width: positive("images.max_width", u64::from(raw.max_width))? as u32,
         max_height: positive("images.max_height", u64::from(raw.max_height))? as u32,
         max_alloc: positive("images.max_alloc_bytes", raw.max_alloc_bytes)?,
@@ -710,8 +710,8 @@ fn parse_images(raw: &RawImages) -> Result<crate::image::ImagePolicy, ConfigErro
     })
 }
 
-fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::prefetch::PrefetchConfig, ConfigError> {
-    Ok(crate::prefetch::PrefetchConfig {
+fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::delivery::prefetch::PrefetchConfig, ConfigError> {
+    Ok(crate::delivery::prefetch::PrefetchConfig {
         concurrency: positive("prefetch.concurrency", raw.concurrency as u64)? as usize,
         per_host: positive("prefetch.per_host", raw.per_host as u64)? as usize,
         max_attempts: positive("prefetch.max_attempts", u64::from(raw.max_attempts))? as u32,
@@ -838,10 +838,10 @@ impl ApiSettings {
     }
 }
 
-fn parse_on_miss(value: &str) -> Result<crate::server::OnMiss, ConfigError> {
+fn parse_on_miss(value: &str) -> Result<crate::proxy::OnMiss, ConfigError> {
     match value {
-        "fetch" => Ok(crate::server::OnMiss::Fetch),
-        "placeholder" => Ok(crate::server::OnMiss::Placeholder),
+        "fetch" => Ok(crate::proxy::OnMiss::Fetch),
+        "placeholder" => Ok(crate::proxy::OnMiss::Placeholder),
         _ => Err(invalid(
             "prefetch.on_miss",
             value,

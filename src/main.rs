@@ -12,20 +12,20 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use mailveil::activation::Activation;
-use mailveil::api::ApiState;
-use mailveil::cache::Cache;
+use mailveil::daemon::activation::Activation;
+use mailveil::delivery::api::ApiState;
+use mailveil::proxy::cache::Cache;
 use mailveil::config::{Config, MilterListen, OnError, RawConfig};
-use mailveil::fetch::Fetcher;
-use mailveil::filter::SharedEngine;
-use mailveil::html::Engine;
+use mailveil::proxy::fetch::Fetcher;
+use mailveil::rewrite::message::SharedEngine;
+use mailveil::rewrite::html::Engine;
 use mailveil::metrics::Metrics;
-use mailveil::milter::{self, MilterState};
-use mailveil::prefetch;
-use mailveil::server::{self, AppState, ServerConfig};
+use mailveil::delivery::milter::{self, MilterState};
+use mailveil::delivery::prefetch;
+use mailveil::proxy::{self as server, AppState, ServerConfig};
 use mailveil::sign::{Key, Signer};
-use mailveil::spool::Spool;
-use mailveil::trackers::TrackerRules;
+use mailveil::delivery::spool::Spool;
+use mailveil::rewrite::trackers::TrackerRules;
 use tokio_util::sync::CancellationToken;
 
 /// sysexits.h: temporary failure, the MTA should retry.
@@ -347,7 +347,7 @@ async fn spawn_api(
         listener,
         api_config,
         stop.cancelled_owned(),
-        move |req| mailveil::api::handle(state.clone(), req),
+        move |req| mailveil::delivery::api::handle(state.clone(), req),
     )))
 }
 
@@ -592,7 +592,7 @@ fn run_filter(config_path: Option<&Path>) -> ExitCode {
 
 fn filter_with(config: &Config, raw: &[u8]) -> Result<Vec<u8>> {
     let engine = build_engine(config)?;
-    let filtered = mailveil::filter::filter_message(&engine, raw)?;
+    let filtered = mailveil::rewrite::message::filter_message(&engine, raw)?;
     queue_prefetch(config, &filtered.report);
     tracing::info!(
         html_parts = filtered.html_parts,
@@ -604,7 +604,7 @@ fn filter_with(config: &Config, raw: &[u8]) -> Result<Vec<u8>> {
 
 /// Records the message's proxied URLs for the daemon to fetch now, at delivery. A failure
 /// here does not hold the message back: its images are then fetched when first opened.
-fn queue_prefetch(config: &Config, report: &mailveil::html::Report) {
+fn queue_prefetch(config: &Config, report: &mailveil::rewrite::html::Report) {
     let targets: Vec<String> = report.targets.iter().cloned().collect();
     let queued = Spool::open_for_writing(&config.spool_dir).and_then(|s| s.enqueue(&targets));
     if let Err(e) = queued {

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use url::Url;
 
-use crate::weburl::WebUrl;
+use crate::rewrite::weburl::WebUrl;
 
 /// Bytes of MAC carried in a URL (128 bits).
 const TAG_LEN: usize = 16;

@@ -33,9 +33,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mailveil::config::TrackerMode;
-use mailveil::html::Engine;
+use mailveil::rewrite::html::Engine;
 use mailveil::sign::{Key, Signer};
-use mailveil::trackers::TrackerRules;
+use mailveil::rewrite::trackers::TrackerRules;
 use url::Url;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error>>;

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mailveil::cache::{Cache, CacheConfig};
-use mailveil::fetch::Fetcher;
-use mailveil::image::ImagePolicy;
+use mailveil::proxy::cache::{Cache, CacheConfig};
+use mailveil::proxy::fetch::Fetcher;
+use mailveil::proxy::content::ImagePolicy;
 use mailveil::metrics::Metrics;
-use mailveil::server::{self, AppState, ServerConfig};
+use mailveil::proxy::{self as server, AppState, ServerConfig};
 
 use crate::server::{fetch_config, get, png};
 use crate::upstream::{Route, Upstream};

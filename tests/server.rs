@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mailveil::cache::{Cache, CacheConfig};
-use mailveil::fetch::{FetchConfig, Fetcher, IpPolicy};
-use mailveil::image::ImagePolicy;
+use mailveil::proxy::cache::{Cache, CacheConfig};
+use mailveil::proxy::fetch::{FetchConfig, Fetcher, IpPolicy};
+use mailveil::proxy::content::ImagePolicy;
 use mailveil::metrics::Metrics;
-use mailveil::server::{self, AppState, ServerConfig};
+use mailveil::proxy::{self as server, AppState, ServerConfig};
 use tokio::sync::oneshot;
 
 use crate::upstream::{Route, Upstream};

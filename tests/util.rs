@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use mailveil::config::TrackerMode;
-use mailveil::html::Engine;
+use mailveil::rewrite::html::Engine;
 use mailveil::sign::{Key, Signer};
-use mailveil::trackers::TrackerRules;
+use mailveil::rewrite::trackers::TrackerRules;
 use url::Url;
 
 /// The proxy base every test engine signs for.

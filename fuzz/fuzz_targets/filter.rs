@@ -13,11 +13,11 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mailveil::config::TrackerMode;
-use mailveil::filter::{filter_message, HEADER_NAME};
-use mailveil::html::Engine;
-use mailveil::mime::prepend_header;
+use mailveil::rewrite::message::{filter_message, HEADER_NAME};
+use mailveil::rewrite::html::Engine;
+use mailveil::rewrite::mime::prepend_header;
 use mailveil::sign::{Key, Signer};
-use mailveil::trackers::TrackerRules;
+use mailveil::rewrite::trackers::TrackerRules;
 use url::Url;
 
 /// One engine for the whole run: building the tracker rules per input would dominate.

@@ -1,4 +1,4 @@
-//! Absolute http(s) URLs as the tracker rules ([`crate::trackers`]) and the signer
+//! Absolute http(s) URLs as the tracker rules ([`crate::rewrite::trackers`]) and the signer
 //! ([`crate::sign`]) read them: the serialised text and where its host, path and query are.
 //!
 //! A [`WebUrl`] comes either from a parsed [`Url`] or, without parsing, from text that is

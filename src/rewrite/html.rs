@@ -2,12 +2,12 @@
 //! is rewritten to a signed proxy URL (images and fonts) or removed (everything else).
 //!
 //! Built on `lol_html` (streaming; no DOM). One element handler looks at every element and
-//! its attributes, one text handler collects `<style>` contents for [`crate::css`], and one
+//! its attributes, one text handler collects `<style>` contents for [`crate::rewrite::css`], and one
 //! comment handler rewrites the insides of MSO conditional comments (`<!--[if mso]>…`),
 //! which `lol_html` rightly treats as opaque text but Outlook renders as HTML.
 //!
 //! Links the reader clicks (`a href`), `cid:` and `data:` images, text and layout are kept
-//! as written. This module does no I/O and no logging; MIME handling is [`crate::mime`]'s.
+//! as written. This module does no I/O and no logging; MIME handling is [`crate::rewrite::mime`]'s.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -22,10 +22,10 @@ use lol_html::{
 use url::Url;
 
 use crate::config::TrackerMode;
-use crate::css::{self, StyleHints, UrlAction, UrlKind};
+use crate::rewrite::css::{self, StyleHints, UrlAction, UrlKind};
 use crate::sign::Signer;
-use crate::trackers::TrackerRules;
-use crate::weburl::WebUrl;
+use crate::rewrite::trackers::TrackerRules;
+use crate::rewrite::weburl::WebUrl;
 
 /// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
 /// hostile input.

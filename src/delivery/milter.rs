@@ -1,7 +1,7 @@
 //! The milter (Postfix `smtpd_milters`, Sendmail `INPUT_MAIL_FILTER`), run inside `serve`.
 //!
 //! The MTA streams each message to us as header fields and body chunks; at end of message
-//! the message is put back together, rewritten by [`crate::filter::rewrite_parts`] (the
+//! the message is put back together, rewritten by [`crate::rewrite::message::rewrite_parts`] (the
 //! same engine and guarantees as `mailveil filter`), and the MTA is told to replace the body
 //! and add the `X-Mailveil` header (deleting any that came with the message). The proxied URLs are queued for prefetch, as `filter`
 //! does. Framing is `miltr-server`'s; this module is the glue.
@@ -30,11 +30,11 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activation::Activation;
+use crate::daemon::activation::Activation;
 use crate::config::{MilterListen, MilterOnError, MilterSettings};
-use crate::filter::{rewrite_parts, SharedEngine, HEADER_NAME};
+use crate::rewrite::message::{rewrite_parts, SharedEngine, HEADER_NAME};
 use crate::metrics::{Metrics, MilterOutcome};
-use crate::spool::Spool;
+use crate::delivery::spool::Spool;
 
 /// Largest body piece sent back in one `SMFIR_REPLBODY` frame. The protocol's frames are
 /// bounded at 64 KiB (Postfix and `miltr` both refuse larger ones); the rest is headroom

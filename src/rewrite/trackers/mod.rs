@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use url::form_urlencoded;
 
-use crate::weburl::WebUrl;
+use crate::rewrite::weburl::WebUrl;
 
 /// Where a matching rule came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

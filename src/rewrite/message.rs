@@ -2,15 +2,15 @@
 //! one RFC 5322 message in, one message out, never lost.
 //!
 //! Every HTML part is rewritten by the [`Engine`] through
-//! [`crate::mime`], and one `X-Mailveil` header is prepended. Whatever goes wrong — a parser
+//! [`crate::rewrite::mime`], and one `X-Mailveil` header is prepended. Whatever goes wrong — a parser
 //! panic included — the caller gets a [`FilterError`] and passes the original bytes on.
 //! This module does no I/O; reading stdin and writing stdout is `main`'s job.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::html::{Engine, Report};
-use crate::mime::{self, MimeLimits};
+use crate::rewrite::html::{Engine, Report};
+use crate::rewrite::mime::{self, MimeLimits};
 
 /// Name of the header added to every rewritten message.
 pub const HEADER_NAME: &str = "X-Mailveil";

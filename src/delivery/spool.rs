@@ -5,7 +5,7 @@
 //! A job file appears whole or not at all (temporary file, fsync, rename, fsync of the
 //! directory) and leaves the spool only when each of its URLs is cached or has failed
 //! permanently. Job files hold tracking URLs, so the directory is 0700 and files 0600.
-//! This module does file I/O only; fetching is [`crate::prefetch`]'s.
+//! This module does file I/O only; fetching is [`crate::delivery::prefetch`]'s.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;

@@ -8,6 +8,10 @@
 //! clients get a terse body, logs get the detail (host and URL hash, never the URL).
 //! Shutdown: stop accepting, let in-flight connections finish under a deadline.
 
+pub mod cache;
+pub mod content;
+pub mod fetch;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -27,9 +31,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
-use crate::cache::{Cache, Entry, NewEntry, Source};
-use crate::fetch::{FetchError, Fetcher};
-use crate::image::{ImageError, ImagePolicy};
+use crate::proxy::cache::{Cache, Entry, NewEntry, Source};
+use crate::proxy::fetch::{FetchError, Fetcher};
+use crate::proxy::content::{ImageError, ImagePolicy};
 use crate::metrics::{FetchResult, Metrics, Outcome};
 use crate::sign::Signer;
 
@@ -463,7 +467,7 @@ async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, 
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
     let policy = state.images.clone();
     let sanitized =
-        tokio::task::spawn_blocking(move || crate::image::sanitize(&fetched.body, &policy))
+        tokio::task::spawn_blocking(move || crate::proxy::content::sanitize(&fetched.body, &policy))
             .await
             .map_err(|e| ProxyError::Internal(e.to_string()))??;
     Ok(NewEntry {
@@ -476,7 +480,7 @@ async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, 
 /// Builds the response for a cached entry: our headers only, none from upstream.
 fn cached_response(
     state: &AppState,
-    entry: &crate::cache::Entry,
+    entry: &crate::proxy::cache::Entry,
     req: &Request<Incoming>,
     outcome: Outcome,
 ) -> (Response<Body>, Outcome) {

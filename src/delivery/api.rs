@@ -6,7 +6,7 @@
 //! (`api.listen`, loopback by default), answers only requests bearing one of the configured
 //! tokens (401 otherwise; tokens are compared as BLAKE3 digests, in constant time), and
 //! bounds request bodies (413). Errors map to statuses here; the rewrite itself is
-//! [`crate::filter`]'s and [`crate::html`]'s.
+//! [`crate::rewrite::message`]'s and [`crate::rewrite::html`]'s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::filter::{filter_message, SharedEngine};
-use crate::html::{Engine, Report};
-use crate::server::{plain, Body};
-use crate::spool::Spool;
+use crate::rewrite::message::{filter_message, SharedEngine};
+use crate::rewrite::html::{Engine, Report};
+use crate::proxy::{plain, Body};
+use crate::delivery::spool::Spool;
 
 /// What the API handlers share.
 pub struct ApiState {

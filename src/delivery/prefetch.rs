@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::server::{short_hash, AppState};
-use crate::spool::{JobId, Spool};
+use crate::proxy::{short_hash, AppState};
+use crate::delivery::spool::{JobId, Spool};
 
 /// Limits of the prefetch workers.
 #[derive(Debug, Clone)]

@@ -1,0 +1,3 @@
+//! `mailveil serve`'s wiring.
+
+pub mod activation;
