@@ -14,14 +14,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mailveil::proxy::cache::{Cache, CacheConfig};
-use mailveil::proxy::fetch::{FetchConfig, Fetcher, IpPolicy};
-use mailveil::proxy::content::ImagePolicy;
-use mailveil::metrics::Metrics;
-use mailveil::delivery::prefetch::{self, PrefetchConfig};
-use mailveil::proxy::AppState;
-use mailveil::sign::{Key, Signer};
-use mailveil::delivery::spool::Spool;
+use mailveil::ContentPolicy;
+use mailveil::Metrics;
+use mailveil::PrefetchConfig;
+use mailveil::ProxyState;
+use mailveil::Spool;
+use mailveil::{Cache, CacheConfig};
+use mailveil::{FetchConfig, Fetcher, IpPolicy};
+use mailveil::{Key, Signer};
 use tokio_util::sync::CancellationToken;
 
 const HOSTS: u8 = 10;
@@ -135,11 +135,11 @@ async fn run(messages: usize, latency: Duration, concurrency: usize) {
         Key::from_bytes([1; 32]),
         vec![],
     );
-    let state = Arc::new(AppState::new(
+    let state = Arc::new(ProxyState::new(
         signer,
         cache,
         Fetcher::new(fetch),
-        ImagePolicy::default(),
+        ContentPolicy::default(),
         Arc::new(Metrics::new()),
     ));
     let config = PrefetchConfig {
@@ -151,7 +151,12 @@ async fn run(messages: usize, latency: Duration, concurrency: usize) {
     };
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let workers = tokio::spawn(prefetch::run(spool.clone(), state, config, stop.clone()));
+    let workers = tokio::spawn(mailveil::run_prefetch(
+        spool.clone(),
+        state,
+        config,
+        stop.clone(),
+    ));
     while !spool.list().unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use lol_html::{element, HtmlRewriter, Settings};
-use mailveil::config::TrackerMode;
-use mailveil::rewrite::html::Engine;
-use mailveil::sign::{Key, Signer};
-use mailveil::rewrite::trackers::TrackerRules;
+use mailveil::Engine;
+use mailveil::TrackerMode;
+use mailveil::TrackerRules;
+use mailveil::{Key, Signer};
 use url::Url;
 
 const NEWSLETTER: &str = include_str!("data/newsletter.html");

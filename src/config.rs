@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::rewrite::trackers::TrackerMode;
+
 /// A configuration problem, always naming the key and the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -128,7 +130,7 @@ pub enum MilterOnError {
 
 /// Settings of the milter listener.
 #[derive(Debug, Clone)]
-pub struct MilterSettings {
+pub struct MilterConfig {
     /// The socket; `None` when the milter is off.
     pub listen: Option<MilterListen>,
     /// Largest message held in memory and rewritten.
@@ -165,10 +167,10 @@ impl Default for RawApi {
 
 /// Settings of the rewrite API.
 #[derive(Debug, Clone)]
-pub struct ApiSettings {
+pub struct ApiConfig {
     /// Its own address.
     pub listen: SocketAddr,
-    /// Tokens written in the config itself (see [`ApiSettings::load_tokens`]).
+    /// Tokens written in the config itself (see [`ApiConfig::load_tokens`]).
     pub tokens: Vec<String>,
     /// File with more tokens, read by `serve` only.
     pub token_file: Option<PathBuf>,
@@ -389,15 +391,6 @@ impl Default for RawFilter {
     }
 }
 
-/// What to do with a reference classified as a tracker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrackerMode {
-    /// Remove the reference; it is never fetched.
-    Block,
-    /// Proxy it like any other image (still counted).
-    Proxy,
-}
-
 /// What `filter` does when it cannot rewrite a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
@@ -456,26 +449,26 @@ pub struct Config {
     /// Filter behaviour.
     pub filter: FilterConfig,
     /// Listener limits (TLS files are loaded at start-up by `serve`).
-    pub server: ServerSettings,
+    pub server: ServerConfig,
     /// The cache's own configuration.
     pub cache: crate::proxy::cache::CacheConfig,
     /// The fetcher's own configuration (its address policy holds `allow_networks`).
     pub fetch: crate::proxy::fetch::FetchConfig,
     /// Content checks.
-    pub images: crate::proxy::content::ImagePolicy,
+    pub images: crate::proxy::content::ContentPolicy,
     /// Prefetch workers' limits.
     pub prefetch: crate::delivery::prefetch::PrefetchConfig,
     /// What a reader's request does on a miss.
     pub on_miss: crate::proxy::OnMiss,
     /// The rewrite API.
-    pub api: ApiSettings,
+    pub api: ApiConfig,
     /// The milter.
-    pub milter: MilterSettings,
+    pub milter: MilterConfig,
 }
 
 /// Listener settings of `serve`.
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
+pub struct ServerConfig {
     /// Certificate and key files, when TLS is on.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Connections served at once.
@@ -636,7 +629,7 @@ fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(positive(key, value)?))
 }
 
-fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
+fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
     let tls = match (&raw.tls_cert, &raw.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -661,7 +654,7 @@ fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
             ))
         }
     };
-    Ok(ServerSettings {
+    Ok(ServerConfig {
         tls,
         max_connections: positive("server.max_connections", raw.max_connections as u64)? as usize,
         header_timeout: seconds("server.header_timeout_secs", raw.header_timeout_secs)?,
@@ -669,7 +662,10 @@ fn parse_server(raw: &RawServer) -> Result<ServerSettings, ConfigError> {
     })
 }
 
-fn parse_cache(raw: &RawCache, dir: PathBuf) -> Result<crate::proxy::cache::CacheConfig, ConfigError> {
+fn parse_cache(
+    raw: &RawCache,
+    dir: PathBuf,
+) -> Result<crate::proxy::cache::CacheConfig, ConfigError> {
     Ok(crate::proxy::cache::CacheConfig {
         dir,
         max_disk_bytes: positive("cache.max_bytes", raw.max_bytes)?,
@@ -700,8 +696,8 @@ fn parse_fetch(
     })
 }
 
-fn parse_images(raw: &RawImages) -> Result<crate::proxy::content::ImagePolicy, ConfigError> {
-    Ok(crate::proxy::content::ImagePolicy {
+fn parse_images(raw: &RawImages) -> Result<crate::proxy::content::ContentPolicy, ConfigError> {
+    Ok(crate::proxy::content::ContentPolicy {
         max_width: positive("images.max_width", u64::from(raw.max_width))? as u32,
         max_height: positive("images.max_height", u64::from(raw.max_height))? as u32,
         max_alloc: positive("images.max_alloc_bytes", raw.max_alloc_bytes)?,
@@ -710,7 +706,9 @@ fn parse_images(raw: &RawImages) -> Result<crate::proxy::content::ImagePolicy, C
     })
 }
 
-fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::delivery::prefetch::PrefetchConfig, ConfigError> {
+fn parse_prefetch(
+    raw: &RawPrefetch,
+) -> Result<crate::delivery::prefetch::PrefetchConfig, ConfigError> {
     Ok(crate::delivery::prefetch::PrefetchConfig {
         concurrency: positive("prefetch.concurrency", raw.concurrency as u64)? as usize,
         per_host: positive("prefetch.per_host", raw.per_host as u64)? as usize,
@@ -723,7 +721,7 @@ fn parse_prefetch(raw: &RawPrefetch) -> Result<crate::delivery::prefetch::Prefet
     })
 }
 
-fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
+fn parse_api(raw: &RawApi) -> Result<ApiConfig, ConfigError> {
     let listen = raw.listen.parse().map_err(|e| {
         invalid(
             "api.listen",
@@ -733,7 +731,7 @@ fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
     })?;
     let tokens: Vec<String> = raw.tokens.iter().map(|t| t.trim().to_owned()).collect();
     check_tokens("api.tokens", &tokens)?;
-    Ok(ApiSettings {
+    Ok(ApiConfig {
         listen,
         tokens,
         token_file: raw.token_file.clone(),
@@ -741,7 +739,7 @@ fn parse_api(raw: &RawApi) -> Result<ApiSettings, ConfigError> {
     })
 }
 
-fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
+fn parse_milter(raw: &RawMilter) -> Result<MilterConfig, ConfigError> {
     let listen = if raw.listen.trim().is_empty() {
         None
     } else if let Some(addr) = raw.listen.strip_prefix("inet:") {
@@ -791,7 +789,7 @@ fn parse_milter(raw: &RawMilter) -> Result<MilterSettings, ConfigError> {
         }
     };
     let max = positive("milter.max_message_bytes", raw.max_message_bytes)?;
-    Ok(MilterSettings {
+    Ok(MilterConfig {
         listen,
         max_message_bytes: usize::try_from(max).unwrap_or(usize::MAX),
         on_error,
@@ -810,7 +808,7 @@ fn check_tokens(key: &'static str, tokens: &[String]) -> Result<(), ConfigError>
     Ok(())
 }
 
-impl ApiSettings {
+impl ApiConfig {
     /// Every accepted token: `api.tokens` plus the lines of `api.token_file`. Read only by
     /// `serve` and `check-config`, so `filter`, run by other users, never needs the file.
     ///

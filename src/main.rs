@@ -12,20 +12,20 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use mailveil::config::{Config, MilterListen, OnError, RawConfig};
 use mailveil::daemon::activation::Activation;
 use mailveil::delivery::api::ApiState;
-use mailveil::proxy::cache::Cache;
-use mailveil::config::{Config, MilterListen, OnError, RawConfig};
-use mailveil::proxy::fetch::Fetcher;
-use mailveil::rewrite::message::SharedEngine;
-use mailveil::rewrite::html::Engine;
-use mailveil::metrics::Metrics;
 use mailveil::delivery::milter::{self, MilterState};
 use mailveil::delivery::prefetch;
-use mailveil::proxy::{self as server, AppState, ServerConfig};
-use mailveil::sign::{Key, Signer};
 use mailveil::delivery::spool::Spool;
+use mailveil::metrics::Metrics;
+use mailveil::proxy::cache::Cache;
+use mailveil::proxy::fetch::Fetcher;
+use mailveil::proxy::{self as server, ListenerConfig, ProxyState};
+use mailveil::rewrite::html::Engine;
+use mailveil::rewrite::message::SharedEngine;
 use mailveil::rewrite::trackers::TrackerRules;
+use mailveil::sign::{Key, Signer};
 use tokio_util::sync::CancellationToken;
 
 /// sysexits.h: temporary failure, the MTA should retry.
@@ -186,7 +186,7 @@ fn run_serve(config_path: Option<&Path>) -> Result<()> {
 
 async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
     let state = Arc::new(
-        AppState::new(
+        ProxyState::new(
             load_signer(&config)?,
             Cache::open(config.cache.clone()).context("cache.dir")?,
             Fetcher::new(config.fetch.clone()),
@@ -218,7 +218,7 @@ async fn serve(config: Config, config_path: Option<&Path>) -> Result<()> {
         stop_prefetch.clone(),
     ));
     let tls_on = tls.is_some();
-    let server_config = ServerConfig {
+    let server_config = ListenerConfig {
         max_connections: config.server.max_connections,
         header_timeout: config.server.header_timeout,
         shutdown_grace: config.server.shutdown_grace,
@@ -337,7 +337,7 @@ async fn spawn_api(
     ));
     let listener = tcp_listener(activation, config.api.listen, "api.listen", "rewrite API").await?;
     tracing::info!(listen = %config.api.listen, "rewrite API serving");
-    let api_config = ServerConfig {
+    let api_config = ListenerConfig {
         max_connections: 256,
         header_timeout: config.server.header_timeout,
         shutdown_grace: config.server.shutdown_grace,
@@ -390,7 +390,7 @@ fn spawn_milter(
 /// restart. A bad new config is reported and the running one kept.
 fn spawn_reload(
     config_path: Option<PathBuf>,
-    state: Arc<AppState>,
+    state: Arc<ProxyState>,
     engine: Option<Arc<SharedEngine>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};

@@ -32,10 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use mailveil::config::TrackerMode;
-use mailveil::rewrite::html::Engine;
-use mailveil::sign::{Key, Signer};
-use mailveil::rewrite::trackers::TrackerRules;
+use mailveil::Engine;
+use mailveil::TrackerMode;
+use mailveil::TrackerRules;
+use mailveil::{Key, Signer};
 use url::Url;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error>>;

@@ -153,7 +153,7 @@ fn example_config_documents_every_key_with_its_default() {
         .expect("read example")
         .parse()
         .expect("example is TOML");
-    let defaults: toml::Table = mailveil::config::RawConfig::default()
+    let defaults: toml::Table = mailveil::RawConfig::default()
         .to_toml()
         .parse()
         .expect("defaults");

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mailveil::proxy::cache::{Cache, CacheConfig};
-use mailveil::proxy::fetch::Fetcher;
-use mailveil::proxy::content::ImagePolicy;
-use mailveil::metrics::Metrics;
-use mailveil::proxy::{self as server, AppState, ServerConfig};
+use mailveil::ContentPolicy;
+use mailveil::Fetcher;
+use mailveil::Metrics;
+use mailveil::{Cache, CacheConfig};
+use mailveil::{ListenerConfig, ProxyState};
 
 use crate::server::{fetch_config, get, png};
 use crate::upstream::{Route, Upstream};
@@ -147,7 +147,7 @@ async fn tls_with_alpn_h2() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("key");
-    let tls = server::load_tls(&cert_path, &key_path).expect("load tls");
+    let tls = mailveil::load_tls(&cert_path, &key_path).expect("load tls");
 
     let cache = Cache::open(CacheConfig {
         dir: dir.path().join("cache"),
@@ -156,11 +156,11 @@ async fn tls_with_alpn_h2() {
         max_age: Duration::from_secs(3600),
     })
     .expect("cache");
-    let state = Arc::new(AppState::new(
+    let state = Arc::new(ProxyState::new(
         signer(),
         cache,
         Fetcher::new(fetch_config(&[])),
-        ImagePolicy::default(),
+        ContentPolicy::default(),
         Arc::new(Metrics::new()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -168,13 +168,13 @@ async fn tls_with_alpn_h2() {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig {
+    let config = ListenerConfig {
         max_connections: 16,
         header_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
         tls: Some(tls),
     };
-    let task = tokio::spawn(server::run(listener, state, config, async {
+    let task = tokio::spawn(mailveil::run_proxy(listener, state, config, async {
         let _ = stopped.await;
     }));
 

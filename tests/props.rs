@@ -1,7 +1,7 @@
 //! Property test: random HTML assembled from every vector family, in random spellings;
 //! no remote reference may survive the rewrite.
 
-use mailveil::config::TrackerMode;
+use mailveil::TrackerMode;
 use proptest::prelude::*;
 
 use crate::util::{engine, leaks};

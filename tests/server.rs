@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mailveil::proxy::cache::{Cache, CacheConfig};
-use mailveil::proxy::fetch::{FetchConfig, Fetcher, IpPolicy};
-use mailveil::proxy::content::ImagePolicy;
-use mailveil::metrics::Metrics;
-use mailveil::proxy::{self as server, AppState, ServerConfig};
+use mailveil::ContentPolicy;
+use mailveil::Metrics;
+use mailveil::{Cache, CacheConfig};
+use mailveil::{FetchConfig, Fetcher, IpPolicy};
+use mailveil::{ListenerConfig, ProxyState};
 use tokio::sync::oneshot;
 
 use crate::upstream::{Route, Upstream};
@@ -54,13 +54,13 @@ impl Proxy {
             max_age: Duration::from_secs(86_400 * 30),
         })
         .expect("cache");
-        let state = Arc::new(AppState::new(
+        let state = Arc::new(ProxyState::new(
             signer(),
             cache,
             fetcher,
-            ImagePolicy {
+            ContentPolicy {
                 max_alloc: 32 << 20,
-                ..ImagePolicy::default()
+                ..ContentPolicy::default()
             },
             Arc::new(Metrics::new()),
         ));
@@ -69,13 +69,13 @@ impl Proxy {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ServerConfig {
+        let config = ListenerConfig {
             max_connections: 512,
             header_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             tls: None,
         };
-        let task = tokio::spawn(server::run(listener, state, config, async {
+        let task = tokio::spawn(mailveil::run_proxy(listener, state, config, async {
             let _ = stopped.await;
         }));
         Proxy {

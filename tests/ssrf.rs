@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mailveil::proxy::fetch::{Fetcher, StaticResolver};
+use mailveil::{Fetcher, StaticResolver};
 
 use crate::server::{fetch_config, get, Proxy};
 use crate::upstream::{Route, Upstream};

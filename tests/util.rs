@@ -7,10 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use mailveil::config::TrackerMode;
-use mailveil::rewrite::html::Engine;
-use mailveil::sign::{Key, Signer};
-use mailveil::rewrite::trackers::TrackerRules;
+use mailveil::Engine;
+use mailveil::TrackerMode;
+use mailveil::TrackerRules;
+use mailveil::{Key, Signer};
 use url::Url;
 
 /// The proxy base every test engine signs for.

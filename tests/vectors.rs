@@ -3,7 +3,7 @@
 //! (entity- and CSS-unescaped), every proxy URL must verify, and preserved markup must be
 //! byte-identical.
 
-use mailveil::config::TrackerMode;
+use mailveil::TrackerMode;
 
 use crate::util::{engine, leaks, proxy_urls, read_data, signer, PUBLIC_URL};
 

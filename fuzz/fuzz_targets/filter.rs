@@ -12,12 +12,12 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mailveil::config::TrackerMode;
-use mailveil::rewrite::message::{filter_message, HEADER_NAME};
-use mailveil::rewrite::html::Engine;
-use mailveil::rewrite::mime::prepend_header;
-use mailveil::sign::{Key, Signer};
-use mailveil::rewrite::trackers::TrackerRules;
+use mailveil::prepend_header;
+use mailveil::Engine;
+use mailveil::TrackerMode;
+use mailveil::TrackerRules;
+use mailveil::{filter_message, HEADER_NAME};
+use mailveil::{Key, Signer};
 use url::Url;
 
 /// One engine for the whole run: building the tracker rules per input would dominate.

@@ -17,10 +17,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::rewrite::message::{filter_message, SharedEngine};
-use crate::rewrite::html::{Engine, Report};
-use crate::proxy::{plain, Body};
 use crate::delivery::spool::Spool;
+use crate::proxy::{plain, Body};
+use crate::rewrite::html::{Engine, Report};
+use crate::rewrite::message::{filter_message, SharedEngine};
 
 /// What the API handlers share.
 pub struct ApiState {

@@ -30,11 +30,11 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{MilterConfig, MilterListen, MilterOnError};
 use crate::daemon::activation::Activation;
-use crate::config::{MilterListen, MilterOnError, MilterSettings};
-use crate::rewrite::message::{rewrite_parts, SharedEngine, HEADER_NAME};
-use crate::metrics::{Metrics, MilterOutcome};
 use crate::delivery::spool::Spool;
+use crate::metrics::{Metrics, MilterOutcome};
+use crate::rewrite::message::{rewrite_parts, SharedEngine, HEADER_NAME};
 
 /// Largest body piece sent back in one `SMFIR_REPLBODY` frame. The protocol's frames are
 /// bounded at 64 KiB (Postfix and `miltr` both refuse larger ones); the rest is headroom
@@ -57,7 +57,7 @@ impl MilterState {
         engine: Arc<SharedEngine>,
         spool: Spool,
         metrics: Arc<Metrics>,
-        settings: &MilterSettings,
+        settings: &MilterConfig,
     ) -> Self {
         Self {
             engine,

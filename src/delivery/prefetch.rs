@@ -2,7 +2,7 @@
 //! opening a message contacts nobody, and the sender learns nothing from the open.
 //!
 //! A scanner polls the spool; each job's URLs are fetched through the same cached,
-//! coalesced path as readers' requests ([`AppState::load`]), bounded by a global and a
+//! coalesced path as readers' requests ([`ProxyState::load`]), bounded by a global and a
 //! per-host limit. Transient failures (timeouts, resets, 5xx, 429) are retried with
 //! exponential backoff up to a limit; permanent ones are counted and dropped. A job file is
 //! removed only once every URL is cached or has failed for good, so `kill -9` at any moment
@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::proxy::{short_hash, AppState};
 use crate::delivery::spool::{JobId, Spool};
+use crate::proxy::{short_hash, ProxyState};
 
 /// Limits of the prefetch workers.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ impl Limits {
 /// spool and are picked up again on the next start.
 pub async fn run(
     spool: Spool,
-    state: Arc<AppState>,
+    state: Arc<ProxyState>,
     config: PrefetchConfig,
     stop: CancellationToken,
 ) {
@@ -124,7 +124,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One job being drained.
 struct JobRun {
     spool: Spool,
-    state: Arc<AppState>,
+    state: Arc<ProxyState>,
     limits: Arc<Limits>,
     config: PrefetchConfig,
     active: Arc<Mutex<HashSet<JobId>>>,
@@ -172,7 +172,7 @@ impl JobRun {
 
 /// Fetches one URL into the cache, retrying transient failures.
 async fn prefetch_url(
-    state: Arc<AppState>,
+    state: Arc<ProxyState>,
     limits: Arc<Limits>,
     config: PrefetchConfig,
     url: String,

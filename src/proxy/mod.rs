@@ -31,10 +31,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
-use crate::proxy::cache::{Cache, Entry, NewEntry, Source};
-use crate::proxy::fetch::{FetchError, Fetcher};
-use crate::proxy::content::{ImageError, ImagePolicy};
 use crate::metrics::{FetchResult, Metrics, Outcome};
+use crate::proxy::cache::{Cache, Entry, NewEntry, Source};
+use crate::proxy::content::{ContentError, ContentPolicy};
+use crate::proxy::fetch::{FetchError, Fetcher};
 use crate::sign::Signer;
 
 /// Body type of every response.
@@ -42,7 +42,7 @@ pub type Body = Full<Bytes>;
 
 /// Limits and options of the listener.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub struct ListenerConfig {
     /// Connections served at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
     /// Time a client gets to send its request headers (slowloris bound).
@@ -54,7 +54,7 @@ pub struct ServerConfig {
 }
 
 /// What request handlers share.
-pub struct AppState {
+pub struct ProxyState {
     /// Verifies proxy URLs; replaced whole on reload (SIGHUP), so a request sees one key set.
     signer: std::sync::RwLock<Arc<Signer>>,
     /// The two-tier cache.
@@ -62,7 +62,7 @@ pub struct AppState {
     /// The outbound client (the only code opening outbound sockets).
     pub fetcher: Fetcher,
     /// Content checks for fetched bodies.
-    pub images: ImagePolicy,
+    pub images: ContentPolicy,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
     /// Bounds image decoding running at once: each can take a second of CPU and about
@@ -81,13 +81,13 @@ pub enum OnMiss {
     Placeholder,
 }
 
-impl AppState {
+impl ProxyState {
     /// Shared state for the handlers; decoding is bounded to the machine's parallelism.
     pub fn new(
         signer: Signer,
         cache: Cache,
         fetcher: Fetcher,
-        images: ImagePolicy,
+        images: ContentPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
@@ -149,7 +149,7 @@ pub enum ProxyError {
     Fetch(#[from] FetchError),
     /// The body failed the content checks.
     #[error("content: {0}")]
-    Content(#[from] ImageError),
+    Content(#[from] ContentError),
     /// The blocking sanitiser task failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -208,8 +208,8 @@ impl ProxyError {
 /// Only if accepting fails in a way that is not per-connection (the listener is gone).
 pub async fn run(
     listener: TcpListener,
-    state: Arc<AppState>,
-    config: ServerConfig,
+    state: Arc<ProxyState>,
+    config: ListenerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     serve_with(listener, config, shutdown, move |req| {
@@ -225,7 +225,7 @@ pub async fn run(
 /// Only if accepting fails in a way that is not per-connection.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
-    config: ServerConfig,
+    config: ListenerConfig,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) -> std::io::Result<()>
@@ -297,7 +297,7 @@ where
     Ok(())
 }
 
-fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+fn connection_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -314,7 +314,7 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// Routes one request. Never fails: every error is a response.
 async fn handle(
-    state: Arc<AppState>,
+    state: Arc<ProxyState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
@@ -341,7 +341,7 @@ fn strip_body_for_head(method: &Method, mut response: Response<Body>) -> Respons
     response
 }
 
-fn metrics(state: &AppState) -> Response<Body> {
+fn metrics(state: &ProxyState) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -351,7 +351,7 @@ fn metrics(state: &AppState) -> Response<Body> {
 }
 
 /// A signed image request: verify, then cache or fetch.
-async fn image(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
+async fn image(state: &Arc<ProxyState>, req: &Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (response, outcome) = match state.signer().verify(req.uri().path()) {
         Err(e) => {
@@ -370,7 +370,7 @@ async fn image(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body>
 }
 
 async fn serve_target(
-    state: &Arc<AppState>,
+    state: &Arc<ProxyState>,
     target: &Url,
     req: &Request<Incoming>,
 ) -> (Response<Body>, Outcome) {
@@ -445,7 +445,7 @@ fn placeholder() -> Response<Body> {
 }
 
 /// Fetches and checks a body, for the cache to store. Runs once per coalesced group.
-async fn fetch_and_check(state: Arc<AppState>, target: Url) -> Result<NewEntry, ProxyError> {
+async fn fetch_and_check(state: Arc<ProxyState>, target: Url) -> Result<NewEntry, ProxyError> {
     let result = fetch_and_sanitize(&state, &target).await;
     state.metrics.fetch(match &result {
         Ok(_) => FetchResult::Ok,
@@ -458,7 +458,7 @@ async fn fetch_and_check(state: Arc<AppState>, target: Url) -> Result<NewEntry, 
     result
 }
 
-async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, ProxyError> {
+async fn fetch_and_sanitize(state: &ProxyState, target: &Url) -> Result<NewEntry, ProxyError> {
     let fetched = state.fetcher.fetch(target).await?;
     let _slot = state
         .decode_slots
@@ -466,10 +466,11 @@ async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, 
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
     let policy = state.images.clone();
-    let sanitized =
-        tokio::task::spawn_blocking(move || crate::proxy::content::sanitize(&fetched.body, &policy))
-            .await
-            .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    let sanitized = tokio::task::spawn_blocking(move || {
+        crate::proxy::content::sanitize(&fetched.body, &policy)
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(e.to_string()))??;
     Ok(NewEntry {
         content_type: sanitized.kind.content_type().to_owned(),
         is_pixel: sanitized.is_pixel,
@@ -479,7 +480,7 @@ async fn fetch_and_sanitize(state: &AppState, target: &Url) -> Result<NewEntry, 
 
 /// Builds the response for a cached entry: our headers only, none from upstream.
 fn cached_response(
-    state: &AppState,
+    state: &ProxyState,
     entry: &crate::proxy::cache::Entry,
     req: &Request<Incoming>,
     outcome: Outcome,

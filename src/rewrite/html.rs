@@ -21,11 +21,11 @@ use lol_html::{
 };
 use url::Url;
 
-use crate::config::TrackerMode;
 use crate::rewrite::css::{self, StyleHints, UrlAction, UrlKind};
-use crate::sign::Signer;
+use crate::rewrite::trackers::TrackerMode;
 use crate::rewrite::trackers::TrackerRules;
 use crate::rewrite::weburl::WebUrl;
+use crate::sign::Signer;
 
 /// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
 /// hostile input.

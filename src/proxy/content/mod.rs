@@ -5,7 +5,7 @@
 //! allowlist, bounded decoding, re-encoding and tracking-pixel detection.
 //!
 //! The bytes come from hostile servers, so every image is fully decoded under
-//! [`ImagePolicy`] limits before anything is served: the dimensions are read
+//! [`ContentPolicy`] limits before anything is served: the dimensions are read
 //! from the header and checked *before* any pixel buffer exists (so
 //! decompression bombs cost a header parse), and the decoded size is checked
 //! against `max_alloc` before the pixel buffer is allocated. Static images are
@@ -64,7 +64,7 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What may be served and how images are checked.
 #[derive(Debug, Clone)]
-pub struct ImagePolicy {
+pub struct ContentPolicy {
     /// Widest image accepted, read from the header before decoding (default 8192).
     pub max_width: u32,
     /// Tallest image accepted, read from the header before decoding (default 8192).
@@ -79,7 +79,7 @@ pub struct ImagePolicy {
     pub allow_svg: bool,
 }
 
-impl Default for ImagePolicy {
+impl Default for ContentPolicy {
     fn default() -> Self {
         Self {
             max_width: 8192,
@@ -168,7 +168,7 @@ pub struct Sanitized {
 
 /// Why a body may not be served. The caller serves a neutral response instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImageError {
+pub enum ContentError {
     /// Not a type we serve (HTML, JSON, PDF, font collections, unknown…).
     #[error("content type not allowed")]
     NotAllowed,
@@ -194,12 +194,12 @@ pub enum ImageError {
 /// Sniffs, checks and (per policy) re-encodes `bytes`.
 ///
 /// # Errors
-/// See [`ImageError`]; the caller serves a neutral response, never the bytes.
-pub fn sanitize(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageError> {
+/// See [`ContentError`]; the caller serves a neutral response, never the bytes.
+pub fn sanitize(bytes: &[u8], policy: &ContentPolicy) -> Result<Sanitized, ContentError> {
     if bytes.is_empty() {
-        return Err(ImageError::Empty);
+        return Err(ContentError::Empty);
     }
-    let kind = sniff(bytes).ok_or(ImageError::NotAllowed)?;
+    let kind = sniff(bytes).ok_or(ContentError::NotAllowed)?;
     match kind {
         Kind::Woff | Kind::Woff2 | Kind::Ttf | Kind::Otf => sanitize_font(bytes, kind),
         Kind::Svg => sanitize_svg(bytes, policy),
@@ -297,9 +297,9 @@ fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
 fn sanitize_static(
     bytes: &[u8],
     kind: Kind,
-    policy: &ImagePolicy,
-) -> Result<Sanitized, ImageError> {
-    let format = kind.raster_format().ok_or(ImageError::NotAllowed)?;
+    policy: &ContentPolicy,
+) -> Result<Sanitized, ContentError> {
+    let format = kind.raster_format().ok_or(ContentError::NotAllowed)?;
     let image = decode_static(bytes, format, policy)?;
     finish_static(bytes, kind, &image, policy)
 }
@@ -308,8 +308,8 @@ fn sanitize_static(
 fn decode_static(
     bytes: &[u8],
     format: ImageFormat,
-    policy: &ImagePolicy,
-) -> Result<DynamicImage, ImageError> {
+    policy: &ContentPolicy,
+) -> Result<DynamicImage, ContentError> {
     // The dimension limits are left off this first reader on purpose: the
     // decoder would refuse with an error that does not carry the numbers, and
     // we want `TooLarge { width, height }` for the logs.
@@ -334,8 +334,8 @@ fn finish_static(
     original: &[u8],
     kind: Kind,
     image: &DynamicImage,
-    policy: &ImagePolicy,
-) -> Result<Sanitized, ImageError> {
+    policy: &ContentPolicy,
+) -> Result<Sanitized, ContentError> {
     let (body, kind) = if policy.reencode {
         reencode(image, kind)?
     } else {
@@ -352,7 +352,7 @@ fn finish_static(
 
 /// JPEG stays JPEG (photos); everything else becomes lossless PNG, since the
 /// image crate only writes lossless WebP and GIF would need re-quantizing.
-fn reencode(image: &DynamicImage, source: Kind) -> Result<(Vec<u8>, Kind), ImageError> {
+fn reencode(image: &DynamicImage, source: Kind) -> Result<(Vec<u8>, Kind), ContentError> {
     let mut out = Vec::new();
     let (written, kind) = if source == Kind::Jpeg {
         let encoder = JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY);
@@ -363,7 +363,7 @@ fn reencode(image: &DynamicImage, source: Kind) -> Result<(Vec<u8>, Kind), Image
             Kind::Png,
         )
     };
-    written.map_err(|e| ImageError::Decode(format!("re-encode: {e}")))?;
+    written.map_err(|e| ContentError::Decode(format!("re-encode: {e}")))?;
     Ok((out, kind))
 }
 
@@ -373,7 +373,7 @@ fn reencode(image: &DynamicImage, source: Kind) -> Result<(Vec<u8>, Kind), Image
 
 /// GIFs are walked frame by frame: one frame means static (re-encoded),
 /// more means animated (validated, served as received).
-fn sanitize_gif(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageError> {
+fn sanitize_gif(bytes: &[u8], policy: &ContentPolicy) -> Result<Sanitized, ContentError> {
     let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(decode_error)?;
     let dimensions = decoder.dimensions();
     check_animation_limits(dimensions, policy)?;
@@ -386,7 +386,7 @@ fn sanitize_gif(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageEr
 
 /// Static WebP takes the static path (re-encoded as PNG); animated WebP is
 /// walked frame by frame like a GIF.
-fn sanitize_webp(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageError> {
+fn sanitize_webp(bytes: &[u8], policy: &ContentPolicy) -> Result<Sanitized, ContentError> {
     let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(decode_error)?;
     if !decoder.has_animation() {
         return sanitize_static(bytes, Kind::WebP, policy);
@@ -402,7 +402,10 @@ fn sanitize_webp(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageE
 
 /// Dimensions, then the worst-case buffers of a frame walk against `max_alloc`
 /// (the WebP frame iterator does not honour `Limits`, so this is the guard).
-fn check_animation_limits(dimensions: (u32, u32), policy: &ImagePolicy) -> Result<(), ImageError> {
+fn check_animation_limits(
+    dimensions: (u32, u32),
+    policy: &ContentPolicy,
+) -> Result<(), ContentError> {
     check_dimensions(dimensions, policy)?;
     let canvas = rgba_bytes(dimensions);
     check_alloc(canvas.saturating_mul(ANIMATION_BUFFERS), policy)
@@ -434,7 +437,7 @@ impl FrameScan {
 }
 
 /// Decodes every frame (that is the validation), within the frame and pixel caps.
-fn scan_frames(frames: Frames<'_>, dimensions: (u32, u32)) -> Result<FrameScan, ImageError> {
+fn scan_frames(frames: Frames<'_>, dimensions: (u32, u32)) -> Result<FrameScan, ContentError> {
     let mut scan = FrameScan {
         dimensions,
         ..FrameScan::default()
@@ -446,21 +449,23 @@ fn scan_frames(frames: Frames<'_>, dimensions: (u32, u32)) -> Result<FrameScan, 
         check_frame_caps(scan.count, dimensions)?;
     }
     if scan.count == 0 {
-        return Err(ImageError::Decode("no frames".into()));
+        return Err(ContentError::Decode("no frames".into()));
     }
     Ok(scan)
 }
 
 /// Caps the CPU an animation may cost: frame count and composited pixels.
-fn check_frame_caps(count: u32, (width, height): (u32, u32)) -> Result<(), ImageError> {
+fn check_frame_caps(count: u32, (width, height): (u32, u32)) -> Result<(), ContentError> {
     let pixels = u64::from(width)
         .saturating_mul(u64::from(height))
         .saturating_mul(u64::from(count));
     if count > MAX_FRAMES {
-        return Err(ImageError::Decode(format!("more than {MAX_FRAMES} frames")));
+        return Err(ContentError::Decode(format!(
+            "more than {MAX_FRAMES} frames"
+        )));
     }
     if pixels > MAX_ANIMATION_PIXELS {
-        return Err(ImageError::Decode(format!(
+        return Err(ContentError::Decode(format!(
             "animation over {MAX_ANIMATION_PIXELS} pixels"
         )));
     }
@@ -472,8 +477,8 @@ fn finish_animation(
     original: &[u8],
     kind: Kind,
     scan: FrameScan,
-    policy: &ImagePolicy,
-) -> Result<Sanitized, ImageError> {
+    policy: &ContentPolicy,
+) -> Result<Sanitized, ContentError> {
     if let Some(frame) = scan.single {
         return finish_static(original, kind, &DynamicImage::ImageRgba8(frame), policy);
     }
@@ -492,7 +497,7 @@ fn finish_animation(
 // ---------------------------------------------------------------------------
 
 /// `Limits` is `#[non_exhaustive]`, hence field assignment.
-fn limits(policy: &ImagePolicy, with_dimensions: bool) -> Limits {
+fn limits(policy: &ContentPolicy, with_dimensions: bool) -> Limits {
     let mut limits = Limits::no_limits();
     limits.max_alloc = Some(policy.max_alloc);
     if with_dimensions {
@@ -502,19 +507,24 @@ fn limits(policy: &ImagePolicy, with_dimensions: bool) -> Limits {
     limits
 }
 
-fn check_dimensions((width, height): (u32, u32), policy: &ImagePolicy) -> Result<(), ImageError> {
+fn check_dimensions(
+    (width, height): (u32, u32),
+    policy: &ContentPolicy,
+) -> Result<(), ContentError> {
     if width > policy.max_width || height > policy.max_height {
-        return Err(ImageError::TooLarge { width, height });
+        return Err(ContentError::TooLarge { width, height });
     }
     if width == 0 || height == 0 {
-        return Err(ImageError::Decode(format!("empty image {width}x{height}")));
+        return Err(ContentError::Decode(format!(
+            "empty image {width}x{height}"
+        )));
     }
     Ok(())
 }
 
-fn check_alloc(bytes: u64, policy: &ImagePolicy) -> Result<(), ImageError> {
+fn check_alloc(bytes: u64, policy: &ContentPolicy) -> Result<(), ContentError> {
     if bytes > policy.max_alloc {
-        return Err(ImageError::Decode(format!(
+        return Err(ContentError::Decode(format!(
             "needs {bytes} bytes, over max_alloc {}",
             policy.max_alloc
         )));
@@ -528,8 +538,8 @@ fn rgba_bytes((width, height): (u32, u32)) -> u64 {
         .saturating_mul(4)
 }
 
-fn decode_error(error: ::image::ImageError) -> ImageError {
-    ImageError::Decode(error.to_string())
+fn decode_error(error: ::image::ImageError) -> ContentError {
+    ContentError::Decode(error.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -573,13 +583,13 @@ fn alpha_all_zero<P: Pixel>(buffer: &ImageBuffer<P, Vec<P::Subpixel>>) -> bool {
 
 /// Fonts cannot be re-encoded here, so only their container is checked; the
 /// reader's font sanitizer (e.g. OTS in browsers) does the deep validation.
-fn sanitize_font(bytes: &[u8], kind: Kind) -> Result<Sanitized, ImageError> {
+fn sanitize_font(bytes: &[u8], kind: Kind) -> Result<Sanitized, ContentError> {
     let checked = match kind {
         Kind::Woff => check_woff(bytes),
         Kind::Woff2 => check_woff2(bytes),
         _ => check_sfnt(bytes),
     };
-    checked.map_err(|why| ImageError::Decode(format!("font: {why}")))?;
+    checked.map_err(|why| ContentError::Decode(format!("font: {why}")))?;
     Ok(Sanitized {
         body: bytes.to_vec(),
         kind,
@@ -664,9 +674,9 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
 /// SVG is served unchanged when allowed: it is a document, not pixels, and
 /// cannot be made safe by re-encoding. The caller must serve it with a
 /// restrictive CSP (`default-src 'none'; style-src 'unsafe-inline'; sandbox`).
-fn sanitize_svg(bytes: &[u8], policy: &ImagePolicy) -> Result<Sanitized, ImageError> {
+fn sanitize_svg(bytes: &[u8], policy: &ContentPolicy) -> Result<Sanitized, ContentError> {
     if !policy.allow_svg {
-        return Err(ImageError::SvgRefused);
+        return Err(ContentError::SvgRefused);
     }
     Ok(Sanitized {
         body: bytes.to_vec(),
@@ -897,8 +907,8 @@ mod tests {
         out
     }
 
-    fn policy() -> ImagePolicy {
-        ImagePolicy::default()
+    fn policy() -> ContentPolicy {
+        ContentPolicy::default()
     }
 
     fn assert_decodes(sanitized: &Sanitized) -> DynamicImage {
@@ -976,20 +986,20 @@ mod tests {
             b"<!DOCTYPE html><html><head><title>x</title></head><body><img src=x></body></html>";
         assert_eq!(
             sanitize(html, &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
         assert_eq!(
             sanitize(b"{\"a\":1}", &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
         assert_eq!(
             sanitize(b"%PDF-1.7\n%...", &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
-        assert_eq!(sanitize(b"", &policy()).unwrap_err(), ImageError::Empty);
+        assert_eq!(sanitize(b"", &policy()).unwrap_err(), ContentError::Empty);
         assert_eq!(
             sanitize(b"  \n", &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
     }
 
@@ -1000,7 +1010,7 @@ mod tests {
         assert_eq!(sniff(html), None);
         assert_eq!(
             sanitize(html, &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
     }
 
@@ -1009,9 +1019,9 @@ mod tests {
         let svg = b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"/>";
         assert_eq!(
             sanitize(svg, &policy()).unwrap_err(),
-            ImageError::SvgRefused
+            ContentError::SvgRefused
         );
-        let allow = ImagePolicy {
+        let allow = ContentPolicy {
             allow_svg: true,
             ..policy()
         };
@@ -1027,7 +1037,7 @@ mod tests {
         let cut = &png[..png.len() / 2];
         assert!(matches!(
             sanitize(cut, &policy()),
-            Err(ImageError::Decode(_))
+            Err(ContentError::Decode(_))
         ));
     }
 
@@ -1083,14 +1093,14 @@ mod tests {
     #[test]
     fn reencode_off_serves_original_after_validation() {
         let png = encode(&rgb(5, 5), ImageFormat::Png);
-        let keep = ImagePolicy {
+        let keep = ContentPolicy {
             reencode: false,
             ..policy()
         };
         let out = sanitize(&png, &keep).unwrap();
         assert_eq!((out.kind, &out.body), (Kind::Png, &png));
         let cut = &png[..png.len() - 20];
-        assert!(matches!(sanitize(cut, &keep), Err(ImageError::Decode(_))));
+        assert!(matches!(sanitize(cut, &keep), Err(ContentError::Decode(_))));
     }
 
     // --- metadata ------------------------------------------------------------
@@ -1185,7 +1195,7 @@ mod tests {
         let gif = animated_gif(MAX_FRAMES + 1, 1, 1);
         assert!(matches!(
             sanitize(&gif, &policy()),
-            Err(ImageError::Decode(_))
+            Err(ContentError::Decode(_))
         ));
         assert!(sanitize(&animated_gif(MAX_FRAMES, 1, 1), &policy()).is_ok());
     }
@@ -1196,7 +1206,7 @@ mod tests {
         let cut = &gif[..gif.len() - 12];
         assert!(matches!(
             sanitize(cut, &policy()),
-            Err(ImageError::Decode(_))
+            Err(ContentError::Decode(_))
         ));
     }
 
@@ -1212,12 +1222,12 @@ mod tests {
     #[test]
     fn animated_webp_over_alloc_refused_before_decoding() {
         let webp = animated_webp(2, 2000, 2000);
-        let tight = ImagePolicy {
+        let tight = ContentPolicy {
             max_alloc: 16 * 1024 * 1024,
             ..policy()
         };
         let (result, elapsed) = measure(|| sanitize(&webp, &tight));
-        assert!(matches!(result, Err(ImageError::Decode(_))), "{result:?}");
+        assert!(matches!(result, Err(ContentError::Decode(_))), "{result:?}");
         eprintln!("animated webp alloc bomb: {result:?} in {elapsed:?}");
     }
 
@@ -1228,7 +1238,7 @@ mod tests {
         let (result, elapsed) = measure(|| sanitize(&gif, &policy()));
         assert_eq!(
             result.unwrap_err(),
-            ImageError::TooLarge {
+            ContentError::TooLarge {
                 width: 65535,
                 height: 65535
             }
@@ -1258,7 +1268,7 @@ mod tests {
         let (result, elapsed) = measure(|| sanitize(&png, &policy()));
         assert_eq!(
             result.unwrap_err(),
-            ImageError::TooLarge {
+            ContentError::TooLarge {
                 width: 100_000,
                 height: 100_000
             }
@@ -1273,12 +1283,12 @@ mod tests {
         // complete and valid ~1.6 MB zlib stream.
         let raw = 8000u64 * (1 + 8000 * 4);
         let png = png_with_idat(8000, 8000, &zlib_zeros(raw));
-        let tight = ImagePolicy {
+        let tight = ContentPolicy {
             max_alloc: 16 * 1024 * 1024,
             ..policy()
         };
         let (result, elapsed) = measure(|| sanitize(&png, &tight));
-        assert!(matches!(result, Err(ImageError::Decode(_))), "{result:?}");
+        assert!(matches!(result, Err(ContentError::Decode(_))), "{result:?}");
         eprintln!("alloc bomb: {result:?}");
         eprintln!("alloc bomb: {} bytes refused in {elapsed:?}", png.len());
         assert!(elapsed < Duration::from_secs(1));
@@ -1290,32 +1300,32 @@ mod tests {
         let png = png_with_idat(8192, 8192, &zlib_zeros(1024));
         assert!(matches!(
             sanitize(&png, &policy()),
-            Err(ImageError::Decode(_))
+            Err(ContentError::Decode(_))
         ));
     }
 
     #[test]
     fn dimension_limits_follow_policy() {
         let png = encode(&rgb(40, 10), ImageFormat::Png);
-        let narrow = ImagePolicy {
+        let narrow = ContentPolicy {
             max_width: 32,
             ..policy()
         };
         assert_eq!(
             sanitize(&png, &narrow).unwrap_err(),
-            ImageError::TooLarge {
+            ContentError::TooLarge {
                 width: 40,
                 height: 10
             }
         );
         let jpeg = encode(&rgb(10, 40), ImageFormat::Jpeg);
-        let short = ImagePolicy {
+        let short = ContentPolicy {
             max_height: 32,
             ..policy()
         };
         assert_eq!(
             sanitize(&jpeg, &short).unwrap_err(),
-            ImageError::TooLarge {
+            ContentError::TooLarge {
                 width: 10,
                 height: 40
             }
@@ -1359,13 +1369,13 @@ mod tests {
         ] {
             assert!(matches!(
                 sanitize(&bytes, &policy()),
-                Err(ImageError::Decode(_))
+                Err(ContentError::Decode(_))
             ));
         }
         let ttc = b"ttcf\x00\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x10";
         assert_eq!(
             sanitize(ttc, &policy()).unwrap_err(),
-            ImageError::NotAllowed
+            ContentError::NotAllowed
         );
     }
 

@@ -57,6 +57,15 @@ pub enum TrackerError {
     },
 }
 
+/// What to do with a reference classified as a tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackerMode {
+    /// Remove the reference; it is never fetched.
+    Block,
+    /// Proxy it like any other image (still counted).
+    Proxy,
+}
+
 // ---------------------------------------------------------------------------
 // Built-in rules
 // ---------------------------------------------------------------------------
