@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::delivery::milter::{MilterConfig, MilterListen, MilterOnError};
+use crate::proxy::OnMiss;
 use crate::rewrite::trackers::TrackerMode;
 
 /// A configuration problem, always naming the key and the value at fault.
@@ -32,8 +34,8 @@ pub enum ConfigError {
     Parse {
         /// The file being parsed.
         path: PathBuf,
-        /// The parser's message, which carries the line and the key.
-        error: Box<toml::de::Error>,
+        /// The parser's message, with the key and the line.
+        error: Box<ParseError>,
     },
     /// A key has a value of the right type that is still not acceptable.
     #[error("{key} = {value:?}: {reason}")]
@@ -45,6 +47,17 @@ pub enum ConfigError {
         /// Why it was refused.
         reason: String,
     },
+}
+
+/// A config text that does not parse: a key of the wrong type, an unknown key or value, or
+/// not TOML at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {error}")]
+pub struct ParseError {
+    /// The dotted key at fault (`trackers.mode`), or `.` for the document itself.
+    key: String,
+    /// What the TOML parser said, with the line.
+    error: toml::de::Error,
 }
 
 /// The config as written by the operator, with every key present: missing keys take the
@@ -87,7 +100,7 @@ pub struct RawMilter {
     pub max_message_bytes: u64,
     /// `"accept"`: on an internal failure the message goes on unchanged;
     /// `"tempfail"`: the MTA is told to try again later. Never a rejection.
-    pub on_error: String,
+    pub on_error: MilterOnError,
 }
 
 impl Default for RawMilter {
@@ -96,47 +109,9 @@ impl Default for RawMilter {
             listen: String::new(),
             socket_mode: "0660".into(),
             max_message_bytes: 32 << 20,
-            on_error: "accept".into(),
+            on_error: MilterOnError::Accept,
         }
     }
-}
-
-/// Where the milter listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MilterListen {
-    /// A TCP address.
-    Inet(SocketAddr),
-    /// A Unix-domain socket and the mode it is given.
-    Unix(PathBuf, u32),
-}
-
-impl std::fmt::Display for MilterListen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MilterListen::Inet(addr) => write!(f, "inet:{addr}"),
-            MilterListen::Unix(path, _) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-/// What the milter does when it cannot rewrite a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MilterOnError {
-    /// Let the message through unchanged.
-    Accept,
-    /// Answer with a temporary failure; the MTA keeps the message and retries.
-    Tempfail,
-}
-
-/// Settings of the milter listener.
-#[derive(Debug, Clone)]
-pub struct MilterConfig {
-    /// The socket; `None` when the milter is off.
-    pub listen: Option<MilterListen>,
-    /// Largest message held in memory and rewritten.
-    pub max_message_bytes: usize,
-    /// Failure behaviour.
-    pub on_error: MilterOnError,
 }
 
 /// `[api]` as written.
@@ -152,6 +127,8 @@ pub struct RawApi {
     pub token_file: Option<PathBuf>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for RawApi {
@@ -161,6 +138,7 @@ impl Default for RawApi {
             tokens: Vec::new(),
             token_file: None,
             max_body_bytes: 32 << 20,
+            max_connections: 256,
         }
     }
 }
@@ -176,6 +154,36 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// Request body bound.
     pub max_body: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl ApiConfig {
+    /// Every accepted token: `api.tokens` plus the lines of `api.token_file`. Read only by
+    /// `serve` and `check-config`, so `filter`, run by other users, never needs the file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the file cannot be read or holds a short token.
+    pub fn load_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut tokens = self.tokens.clone();
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "api.token_file",
+                    path.display().to_string(),
+                    format!("cannot read ({e})"),
+                )
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+            check_tokens("api.token_file", &tokens)?;
+        }
+        Ok(tokens)
+    }
 }
 
 /// `[server]` as written.
@@ -243,6 +251,8 @@ pub struct RawCache {
     pub memory_bytes: u64,
     /// Entries are kept at least this long unless the disk budget forces eviction.
     pub max_age_days: u64,
+    /// Seconds between eviction sweeps of `serve`.
+    pub evict_interval_secs: u64,
 }
 
 impl Default for RawCache {
@@ -252,6 +262,7 @@ impl Default for RawCache {
             max_bytes: 1 << 30,
             memory_bytes: 64 << 20,
             max_age_days: 180,
+            evict_interval_secs: 3600,
         }
     }
 }
@@ -263,7 +274,7 @@ pub struct RawPrefetch {
     /// Durable queue shared by `filter` (writer) and `serve` (reader).
     pub spool_dir: PathBuf,
     /// `"fetch"` or `"placeholder"`: what a reader's request does on a cache miss.
-    pub on_miss: String,
+    pub on_miss: OnMiss,
     /// Upstream fetches at once.
     pub concurrency: usize,
     /// Upstream fetches at once to one host.
@@ -280,7 +291,7 @@ impl Default for RawPrefetch {
     fn default() -> Self {
         Self {
             spool_dir: default_state_dir().join("spool"),
-            on_miss: "fetch".into(),
+            on_miss: OnMiss::Fetch,
             concurrency: 32,
             per_host: 8,
             max_attempts: 5,
@@ -354,7 +365,7 @@ impl Default for RawImages {
 #[serde(default, deny_unknown_fields)]
 pub struct RawTrackers {
     /// `"block"` (remove tracker references) or `"proxy"` (proxy them like other images).
-    pub mode: String,
+    pub mode: TrackerMode,
     /// Use the built-in rules for email service providers' open-tracking endpoints.
     pub builtin: bool,
     /// Extra rule lists in Adblock filter syntax (e.g. EasyPrivacy's email-tracker list).
@@ -364,7 +375,7 @@ pub struct RawTrackers {
 impl Default for RawTrackers {
     fn default() -> Self {
         Self {
-            mode: "block".into(),
+            mode: TrackerMode::Block,
             builtin: true,
             lists: Vec::new(),
         }
@@ -377,7 +388,7 @@ impl Default for RawTrackers {
 pub struct RawFilter {
     /// `"pass"`: on any failure write the original message and exit 0;
     /// `"tempfail"`: exit 75 so the MTA retries later.
-    pub on_error: String,
+    pub on_error: FilterOnError,
     /// Messages larger than this pass through unchanged (bounded memory).
     pub max_message_bytes: u64,
 }
@@ -385,15 +396,16 @@ pub struct RawFilter {
 impl Default for RawFilter {
     fn default() -> Self {
         Self {
-            on_error: "pass".into(),
+            on_error: FilterOnError::Pass,
             max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }
 
 /// What `filter` does when it cannot rewrite a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterOnError {
     /// Write the original bytes and exit 0.
     Pass,
     /// Write the original bytes and exit 75 (EX_TEMPFAIL).
@@ -424,7 +436,7 @@ pub struct KeyConfig {
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
     /// Failure behaviour.
-    pub on_error: OnError,
+    pub on_error: FilterOnError,
     /// Size above which messages pass unchanged.
     pub max_message_bytes: u64,
 }
@@ -438,12 +450,10 @@ pub struct Config {
     pub public_url: Url,
     /// Signing keys.
     pub keys: KeyConfig,
-    /// Cache directory.
-    pub cache_dir: PathBuf,
+    /// Time between eviction sweeps.
+    pub cache_evict_interval: Duration,
     /// Prefetch spool directory.
     pub spool_dir: PathBuf,
-    /// Networks exempt from the SSRF block.
-    pub allow_networks: Vec<IpNet>,
     /// Tracker handling.
     pub trackers: TrackerConfig,
     /// Filter behaviour.
@@ -459,7 +469,7 @@ pub struct Config {
     /// Prefetch workers' limits.
     pub prefetch: crate::delivery::prefetch::PrefetchConfig,
     /// What a reader's request does on a miss.
-    pub on_miss: crate::proxy::OnMiss,
+    pub on_miss: OnMiss,
     /// The rewrite API.
     pub api: ApiConfig,
     /// The milter.
@@ -500,8 +510,11 @@ impl RawConfig {
     ///
     /// # Errors
     /// The parser's error, which names the line and key.
-    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    pub fn from_toml(text: &str) -> Result<Self, ParseError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| ParseError {
+            key: e.path().to_string(),
+            error: e.into_inner(),
+        })
     }
 
     /// The effective configuration as TOML.
@@ -530,11 +543,11 @@ impl Config {
         let cache_dir = non_empty_path("cache.dir", &raw.cache.dir)?;
         Ok(Self {
             server: parse_server(&raw.server)?,
-            cache: parse_cache(&raw.cache, cache_dir.clone())?,
-            fetch: parse_fetch(&raw.fetch, allow_networks.clone())?,
+            cache: parse_cache(&raw.cache, cache_dir)?,
+            fetch: parse_fetch(&raw.fetch, allow_networks)?,
             images: parse_images(&raw.images)?,
             prefetch: parse_prefetch(&raw.prefetch)?,
-            on_miss: parse_on_miss(&raw.prefetch.on_miss)?,
+            on_miss: raw.prefetch.on_miss,
             api: parse_api(&raw.api)?,
             milter: parse_milter(&raw.milter)?,
             listen: parse_listen(&raw.server.listen)?,
@@ -543,16 +556,18 @@ impl Config {
                 key_file: non_empty_path("keys.key_file", &raw.keys.key_file)?,
                 previous_key_files: raw.keys.previous_key_files.clone(),
             },
-            cache_dir,
+            cache_evict_interval: seconds(
+                "cache.evict_interval_secs",
+                raw.cache.evict_interval_secs,
+            )?,
             spool_dir: non_empty_path("prefetch.spool_dir", &raw.prefetch.spool_dir)?,
-            allow_networks,
             trackers: TrackerConfig {
-                mode: parse_tracker_mode(&raw.trackers.mode)?,
+                mode: raw.trackers.mode,
                 builtin: raw.trackers.builtin,
                 lists: raw.trackers.lists.clone(),
             },
             filter: FilterConfig {
-                on_error: parse_on_error(&raw.filter.on_error)?,
+                on_error: raw.filter.on_error,
                 max_message_bytes: parse_max_message(raw.filter.max_message_bytes)?,
             },
         })
@@ -736,6 +751,7 @@ fn parse_api(raw: &RawApi) -> Result<ApiConfig, ConfigError> {
         tokens,
         token_file: raw.token_file.clone(),
         max_body: positive("api.max_body_bytes", raw.max_body_bytes as u64)? as usize,
+        max_connections: positive("api.max_connections", raw.max_connections as u64)? as usize,
     })
 }
 
@@ -777,22 +793,11 @@ fn parse_milter(raw: &RawMilter) -> Result<MilterConfig, ConfigError> {
             "expected \"inet:host:port\" or \"unix:/path\"",
         ));
     };
-    let on_error = match raw.on_error.as_str() {
-        "accept" => MilterOnError::Accept,
-        "tempfail" => MilterOnError::Tempfail,
-        other => {
-            return Err(invalid(
-                "milter.on_error",
-                other,
-                "expected \"accept\" or \"tempfail\"",
-            ))
-        }
-    };
     let max = positive("milter.max_message_bytes", raw.max_message_bytes)?;
     Ok(MilterConfig {
         listen,
         max_message_bytes: usize::try_from(max).unwrap_or(usize::MAX),
-        on_error,
+        on_error: raw.on_error,
     })
 }
 
@@ -806,70 +811,6 @@ fn check_tokens(key: &'static str, tokens: &[String]) -> Result<(), ConfigError>
         ));
     }
     Ok(())
-}
-
-impl ApiConfig {
-    /// Every accepted token: `api.tokens` plus the lines of `api.token_file`. Read only by
-    /// `serve` and `check-config`, so `filter`, run by other users, never needs the file.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] when the file cannot be read or holds a short token.
-    pub fn load_tokens(&self) -> Result<Vec<String>, ConfigError> {
-        let mut tokens = self.tokens.clone();
-        if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "api.token_file",
-                    path.display().to_string(),
-                    format!("cannot read ({e})"),
-                )
-            })?;
-            tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
-            check_tokens("api.token_file", &tokens)?;
-        }
-        Ok(tokens)
-    }
-}
-
-fn parse_on_miss(value: &str) -> Result<crate::proxy::OnMiss, ConfigError> {
-    match value {
-        "fetch" => Ok(crate::proxy::OnMiss::Fetch),
-        "placeholder" => Ok(crate::proxy::OnMiss::Placeholder),
-        _ => Err(invalid(
-            "prefetch.on_miss",
-            value,
-            "expected \"fetch\" or \"placeholder\"",
-        )),
-    }
-}
-
-fn parse_tracker_mode(value: &str) -> Result<TrackerMode, ConfigError> {
-    match value {
-        "block" => Ok(TrackerMode::Block),
-        "proxy" => Ok(TrackerMode::Proxy),
-        _ => Err(invalid(
-            "trackers.mode",
-            value,
-            "expected \"block\" or \"proxy\"",
-        )),
-    }
-}
-
-fn parse_on_error(value: &str) -> Result<OnError, ConfigError> {
-    match value {
-        "pass" => Ok(OnError::Pass),
-        "tempfail" => Ok(OnError::Tempfail),
-        _ => Err(invalid(
-            "filter.on_error",
-            value,
-            "expected \"pass\" or \"tempfail\"",
-        )),
-    }
 }
 
 fn parse_max_message(value: u64) -> Result<u64, ConfigError> {
@@ -920,7 +861,7 @@ mod tests {
         let config = validate("").unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8700");
         assert_eq!(config.trackers.mode, TrackerMode::Block);
-        assert_eq!(config.filter.on_error, OnError::Pass);
+        assert_eq!(config.filter.on_error, FilterOnError::Pass);
     }
 
     #[test]

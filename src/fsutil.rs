@@ -7,9 +7,9 @@
 //! to it only if nothing is there yet ([`create`]). Temporary names start with
 //! [`TMP_PREFIX`], so owners can sweep what a crash left behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -105,10 +105,14 @@ fn write_temporary(
         .create_new(true)
         .mode(mode)
         .open(&tmp)?;
-    let written = file.write_all(data).and_then(|()| match durability {
-        Durability::Synced => file.sync_all(),
-        Durability::Unsynced => Ok(()),
-    });
+    // The umask may have taken bits away; the mode asked for is the mode the file gets.
+    let written = file
+        .set_permissions(Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(data))
+        .and_then(|()| match durability {
+            Durability::Synced => file.sync_all(),
+            Durability::Unsynced => Ok(()),
+        });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);

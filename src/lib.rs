@@ -9,28 +9,36 @@
 //! - the **delivery** side (`delivery/`): the ways mail comes in (milter, rewrite API, the
 //!   `filter` command) and the prefetch work they queue.
 //!
-//! See `ARCHITECTURE.md` for the data flow and the invariants.
+//! The modules are private; what the binary, the tests, the benchmarks and the fuzzer use is
+//! re-exported here. See `ARCHITECTURE.md` for the data flow and the invariants.
 
-pub mod config;
-pub mod daemon;
-pub mod delivery;
+mod config;
+mod daemon;
+mod delivery;
 mod fsutil;
-pub mod metrics;
-pub mod proxy;
-pub mod rewrite;
-pub mod sign;
+mod http;
+mod metrics;
+mod proxy;
+mod rewrite;
+mod sign;
+mod startup;
+mod swap;
 mod urltag;
 
 pub use crate::config::{Config, ConfigError, RawConfig};
+pub use crate::daemon::run as serve;
+pub use crate::delivery::pipe::{run as filter_stdin, PipeExit};
 pub use crate::delivery::prefetch::{run as run_prefetch, PrefetchConfig};
 pub use crate::delivery::spool::Spool;
+pub use crate::http::{load_tls, ListenerConfig};
 pub use crate::metrics::Metrics;
 pub use crate::proxy::cache::{Cache, CacheConfig};
 pub use crate::proxy::content::ContentPolicy;
 pub use crate::proxy::fetch::{FetchConfig, Fetcher, IpPolicy, StaticResolver};
-pub use crate::proxy::{load_tls, run as run_proxy, ListenerConfig, ProxyState};
+pub use crate::proxy::{run as run_proxy, ProxyState};
 pub use crate::rewrite::html::{Engine, Report};
 pub use crate::rewrite::message::{filter_message, HEADER_NAME};
 pub use crate::rewrite::mime::prepend_header;
 pub use crate::rewrite::trackers::{TrackerMode, TrackerRules};
-pub use crate::sign::{Key, SignedUrl, Signer};
+pub use crate::sign::{Key, Signer};
+pub use crate::startup::{build_engine, check_config, load_config, load_raw_config, StartupError};

@@ -8,14 +8,14 @@
 //!
 //! This module also loads and creates key files; it does no network I/O.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use url::Url;
 
+use crate::fsutil::{self, Durability};
 use crate::rewrite::weburl::WebUrl;
 
 /// Bytes of MAC carried in a URL (128 bits).
@@ -81,14 +81,14 @@ impl Key {
 
     /// Parses 64 hex digits (surrounding whitespace allowed).
     pub fn from_hex(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut bytes).ok()?;
-        Some(Self(bytes))
+        // A key is 32 bytes, like a BLAKE3 hash: its hex codec does the job.
+        let hash = blake3::Hash::from_hex(text.trim()).ok()?;
+        Some(Self(*hash.as_bytes()))
     }
 
     /// The key as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
     /// Reads a key file.
@@ -136,22 +136,14 @@ fn write_new_key_file(path: &Path, key: &Key) -> std::io::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    let written = file
-        .write_all(format!("{}\n", key.to_hex()).as_bytes())
-        .and_then(|()| file.sync_all());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    }
+    // If another process won the race, its key is the one every process uses.
+    fsutil::create(
+        path,
+        format!("{}\n", key.to_hex()).as_bytes(),
+        0o600,
+        Durability::Synced,
+    )
+    .map(|_created| ())
 }
 
 /// A target URL whose signature verified. Only [`Signer::verify`] makes one.
@@ -163,6 +155,28 @@ pub struct SignedUrl {
 impl SignedUrl {
     /// The remote URL the signature vouches for.
     pub fn target(&self) -> &Url {
+        &self.target
+    }
+}
+
+/// A remote URL mailveil vouches for, and so the only kind of URL the proxy's fetch path
+/// takes: a [`SignedUrl`] whose signature verified, or a URL the daemon's own prefetch
+/// spool holds (written there by the filter, the milter or the API right after the engine
+/// signed it). Sealed: no other type can claim it.
+pub trait FetchTarget: sealed::Sealed {
+    /// The remote URL.
+    fn url(&self) -> &Url;
+}
+
+pub(crate) mod sealed {
+    /// Implemented only by the crate's vouched-for URL types.
+    pub trait Sealed {}
+}
+
+impl sealed::Sealed for SignedUrl {}
+
+impl FetchTarget for SignedUrl {
+    fn url(&self) -> &Url {
         &self.target
     }
 }
@@ -265,6 +279,7 @@ fn mac(key: &Key, target: &str) -> [u8; TAG_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn key(byte: u8) -> Key {
         Key::from_bytes([byte; 32])

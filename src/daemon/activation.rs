@@ -12,7 +12,30 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+/// A socket systemd passed that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// The descriptor's address could not be read.
+    #[error("socket activation: descriptor {fd}: {error}")]
+    Address {
+        /// The descriptor number.
+        fd: usize,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A unix socket with no path (abstract or unnamed) cannot be matched to the config.
+    #[error("socket activation: descriptor {0} is a unix socket without a path")]
+    NoPath(usize),
+    /// Neither a TCP nor a unix stream socket.
+    #[error("socket activation: descriptor {0} is not a TCP or unix stream socket")]
+    NotAStreamSocket(usize),
+    /// Sockets no configured listener claimed.
+    #[error(
+        "socket activation: {0} matches no listen address in the config \
+         (server.listen, api.listen, milter.listen); make the socket unit and the config agree"
+    )]
+    Unclaimed(String),
+}
 
 /// The sockets systemd passed in, not yet claimed by a listener.
 #[derive(Debug, Default)]
@@ -28,7 +51,7 @@ impl Activation {
     /// # Errors
     /// When an inherited descriptor is not a TCP or unix stream socket, or a unix socket
     /// has no path (abstract or unnamed sockets cannot be matched to the config).
-    pub fn from_env() -> Result<Self> {
+    pub fn from_env() -> Result<Self, ActivationError> {
         let mut fds = listenfd::ListenFd::from_env();
         let mut found = Self::default();
         for index in 0..fds.len() {
@@ -37,25 +60,26 @@ impl Activation {
             if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
                 let addr = listener
                     .local_addr()
-                    .with_context(|| format!("socket activation: descriptor {fd}"))?;
+                    .map_err(|error| ActivationError::Address { fd, error })?;
                 found.tcp.push((addr, listener));
             } else if let Ok(Some(listener)) = fds.take_unix_listener(index) {
                 let addr = listener
                     .local_addr()
-                    .with_context(|| format!("socket activation: descriptor {fd}"))?;
+                    .map_err(|error| ActivationError::Address { fd, error })?;
                 let Some(path) = addr.as_pathname() else {
-                    bail!("socket activation: descriptor {fd} is a unix socket without a path");
+                    return Err(ActivationError::NoPath(fd));
                 };
                 found.unix.push((path.to_owned(), listener));
             } else {
-                bail!("socket activation: descriptor {fd} is not a TCP or unix stream socket");
+                return Err(ActivationError::NotAStreamSocket(fd));
             }
         }
         Ok(found)
     }
 
     /// Whether systemd passed any socket.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.tcp.is_empty() && self.unix.is_empty()
     }
 
@@ -89,7 +113,7 @@ impl Activation {
     ///
     /// # Errors
     /// Names every unclaimed socket.
-    pub fn check_all_claimed(&self) -> Result<()> {
+    pub fn check_all_claimed(&self) -> Result<(), ActivationError> {
         let left: Vec<String> = self
             .tcp
             .iter()
@@ -103,11 +127,7 @@ impl Activation {
         if left.is_empty() {
             return Ok(());
         }
-        bail!(
-            "socket activation: {} matches no listen address in the config \
-             (server.listen, api.listen, milter.listen); make the socket unit and the config agree",
-            left.join(", ")
-        )
+        Err(ActivationError::Unclaimed(left.join(", ")))
     }
 }
 

@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::delivery::spool::Spool;
-use crate::proxy::{plain, Body};
+use crate::delivery::{queue_prefetch, SharedEngine};
+use crate::http::{plain, Body};
 use crate::rewrite::html::{Engine, Report};
-use crate::rewrite::message::{filter_message, SharedEngine};
+use crate::rewrite::message::filter_message;
 
 /// What the API handlers share.
 pub struct ApiState {
@@ -165,7 +166,7 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
             }
         },
     };
-    queue(state, &report);
+    queue_prefetch(&state.spool, &report);
     let mut r = Response::new(Full::new(bytes));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -174,11 +175,4 @@ fn rewrite(state: &ApiState, kind: Kind, body: &[u8]) -> Response<Body> {
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-fn queue(state: &ApiState, report: &Report) {
-    let targets: Vec<String> = report.targets.iter().cloned().collect();
-    if let Err(e) = state.spool.enqueue(&targets) {
-        tracing::warn!(error = %e, "api: prefetch not queued; images will be fetched when opened");
-    }
 }

@@ -12,6 +12,7 @@
 //! (`"tempfail"`). If mailveil is not running at all, the MTA's own default applies, which
 //! the README says to set to accept (`milter_default_action = accept` in Postfix).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use miltr_common::modifications::headers::{AddHeader, ChangeHeader};
 use miltr_common::modifications::ModificationResponse;
 use miltr_common::optneg::{Capability, OptNeg, Protocol};
 use miltr_server::{Milter, Server};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,11 +32,49 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{MilterConfig, MilterListen, MilterOnError};
-use crate::daemon::activation::Activation;
 use crate::delivery::spool::Spool;
+use crate::delivery::{queue_prefetch, SharedEngine};
 use crate::metrics::{Metrics, MilterOutcome};
-use crate::rewrite::message::{rewrite_parts, SharedEngine, HEADER_NAME};
+use crate::rewrite::message::{rewrite_parts, HEADER_NAME};
+
+/// Where the milter listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MilterListen {
+    /// A TCP address.
+    Inet(SocketAddr),
+    /// A Unix-domain socket and the mode it is given.
+    Unix(PathBuf, u32),
+}
+
+impl std::fmt::Display for MilterListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MilterListen::Inet(addr) => write!(f, "inet:{addr}"),
+            MilterListen::Unix(path, _) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// What the milter does when it cannot rewrite a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MilterOnError {
+    /// Let the message through unchanged.
+    Accept,
+    /// Answer with a temporary failure; the MTA keeps the message and retries.
+    Tempfail,
+}
+
+/// Settings of the milter listener.
+#[derive(Debug, Clone)]
+pub struct MilterConfig {
+    /// The socket; `None` when the milter is off.
+    pub listen: Option<MilterListen>,
+    /// Largest message held in memory and rewritten.
+    pub max_message_bytes: usize,
+    /// Failure behaviour.
+    pub on_error: MilterOnError,
+}
 
 /// Largest body piece sent back in one `SMFIR_REPLBODY` frame. The protocol's frames are
 /// bounded at 64 KiB (Postfix and `miltr` both refuse larger ones); the rest is headroom
@@ -145,10 +185,7 @@ impl Session {
             if filtered.message.get(..body_start) != message.get(..body_start) {
                 return Err("the header section changed while rewriting".to_owned());
             }
-            let targets: Vec<String> = filtered.report.targets.iter().cloned().collect();
-            if let Err(e) = state.spool.enqueue(&targets) {
-                tracing::warn!(error = %e, "milter: prefetch not queued; images will be fetched when opened");
-            }
+            queue_prefetch(&state.spool, &filtered.report);
             let changed = filtered.message[body_start..] != message[body_start..];
             Ok((filtered, changed))
         })
@@ -331,34 +368,32 @@ impl Listener {
         }
     }
 
-    /// Takes over a socket that systemd opened for `listen` (socket activation), instead
-    /// of binding; `None` when systemd passed none for it.
+    /// A listener on a TCP socket someone else opened (systemd socket activation); it must
+    /// already be non-blocking.
     ///
     /// # Errors
-    /// When the inherited socket cannot be handed to tokio.
-    pub fn inherited(
-        listen: &MilterListen,
-        activation: &mut Activation,
-    ) -> std::io::Result<Option<Self>> {
-        match listen {
-            MilterListen::Inet(addr) => activation
-                .take_tcp(*addr)?
-                .map(|l| TcpListener::from_std(l).map(Self::Inet))
-                .transpose(),
-            MilterListen::Unix(path, _) => activation
-                .take_unix(path)?
-                .map(|l| {
-                    let file = SocketFile {
-                        path: path.clone(),
-                        remove: false,
-                    };
-                    UnixListener::from_std(l).map(|l| Self::Unix(l, file))
-                })
-                .transpose(),
-        }
+    /// When tokio cannot take the socket.
+    pub fn inherited_tcp(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        TcpListener::from_std(listener).map(Self::Inet)
     }
 
-    /// Waits for one MTA connection and starts its session, which holds `permit`.
+    /// A listener on a unix socket someone else opened at `path` (systemd socket
+    /// activation); it must already be non-blocking. The socket file is theirs: it is not
+    /// removed when the listener closes.
+    ///
+    /// # Errors
+    /// When tokio cannot take the socket.
+    pub fn inherited_unix(
+        listener: std::os::unix::net::UnixListener,
+        path: &Path,
+    ) -> std::io::Result<Self> {
+        let file = SocketFile {
+            path: path.to_owned(),
+            remove: false,
+        };
+        UnixListener::from_std(listener).map(|l| Self::Unix(l, file))
+    }
+
     async fn accept_session(
         &self,
         tracker: &TaskTracker,

@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
-use crate::delivery::spool::{JobId, Spool};
-use crate::proxy::{short_hash, ProxyState};
+use crate::delivery::spool::{JobId, QueuedUrl, Spool};
+use crate::proxy::ProxyState;
+use crate::sign::FetchTarget;
+use crate::urltag::UrlTag;
 
 /// Limits of the prefetch workers.
 #[derive(Debug, Clone)]
@@ -142,8 +143,12 @@ impl JobRun {
                 return;
             }
         };
+        let (targets, invalid) = job.targets();
+        for _ in 0..invalid {
+            self.state.metrics.prefetch_url(false);
+        }
         let mut urls = JoinSet::new();
-        for url in job.urls {
+        for url in targets {
             urls.spawn(prefetch_url(
                 self.state.clone(),
                 self.limits.clone(),
@@ -151,7 +156,7 @@ impl JobRun {
                 url,
             ));
         }
-        let mut failed = 0usize;
+        let mut failed = invalid;
         while let Some(outcome) = urls.join_next().await {
             if !matches!(outcome, Ok(UrlOutcome::Cached)) {
                 failed += 1;
@@ -175,15 +180,12 @@ async fn prefetch_url(
     state: Arc<ProxyState>,
     limits: Arc<Limits>,
     config: PrefetchConfig,
-    url: String,
+    target: QueuedUrl,
 ) -> UrlOutcome {
-    let Ok(target) = Url::parse(&url) else {
-        state.metrics.prefetch_url(false);
-        return UrlOutcome::Failed;
-    };
     // No separate "already cached?" check: `load` answers from the cache when it can, so
     // URLs cached before a restart, or shared with an earlier message, are not refetched.
-    let host = target.host_str().unwrap_or("").to_owned();
+    let host = target.url().host_str().unwrap_or("").to_owned();
+    let tag = UrlTag::of(target.url().as_str());
     let mut delay = config.retry_base;
     for attempt in 1..=config.max_attempts.max(1) {
         let result = {
@@ -198,13 +200,13 @@ async fn prefetch_url(
                 return UrlOutcome::Cached;
             }
             Err(e) if e.is_transient() && attempt < config.max_attempts => {
-                tracing::debug!(%host, url = %short_hash(&url), attempt, error = %e, "prefetch will retry");
+                tracing::debug!(%host, url = %tag, attempt, error = %e, "prefetch will retry");
                 state.metrics.prefetch_retry();
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
             }
             Err(e) => {
-                tracing::debug!(%host, url = %short_hash(&url), attempt, error = %e, "prefetch failed");
+                tracing::debug!(%host, url = %tag, attempt, error = %e, "prefetch failed");
                 break;
             }
         }

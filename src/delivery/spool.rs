@@ -7,18 +7,19 @@
 //! permanently. Job files hold tracking URLs, so the directory is 0700 and files 0600.
 //! This module does file I/O only; fetching is [`crate::delivery::prefetch`]'s.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::fsutil::{self, Durability, TMP_PREFIX};
+use crate::sign::{sealed, FetchTarget};
 
 /// Suffix of complete job files; anything else in the directory is ignored.
 const JOB_SUFFIX: &str = ".job";
-/// Prefix of files being written.
-const TMP_PREFIX: &str = ".tmp-";
 /// Largest job file read (a message with tens of thousands of images is still far below).
 const MAX_JOB_BYTES: u64 = 16 << 20;
 
@@ -43,19 +44,48 @@ pub enum SpoolError {
     },
 }
 
-/// One message's prefetch work.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One message's prefetch work, as stored in its job file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
     /// Format version, for future changes.
-    pub version: u32,
+    version: u32,
     /// When the message was rewritten (Unix seconds).
-    pub created: u64,
+    created: u64,
     /// URLs still to fetch.
-    pub urls: Vec<String>,
-    /// URLs that failed permanently (kept for operators; not retried).
-    #[serde(default)]
-    pub failed: Vec<String>,
+    urls: Vec<String>,
+    /// Written (always empty) by 0.1.0; read so that its job files still load.
+    #[serde(default, rename = "failed", skip_serializing)]
+    _failed: serde::de::IgnoredAny,
+}
+
+impl Job {
+    /// The job's URLs as fetch targets, and how many of them are not URLs at all (a job
+    /// file edited by hand, or damaged).
+    pub fn targets(&self) -> (Vec<QueuedUrl>, usize) {
+        let targets: Vec<QueuedUrl> = self
+            .urls
+            .iter()
+            .filter_map(|u| Url::parse(u).ok())
+            .map(QueuedUrl)
+            .collect();
+        let invalid = self.urls.len() - targets.len();
+        (targets, invalid)
+    }
+}
+
+/// A URL read from the daemon's own spool: the one kind of URL besides a
+/// [`SignedUrl`](crate::sign::SignedUrl) that the proxy's fetch path takes (see
+/// [`FetchTarget`]). Only [`Job::targets`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedUrl(Url);
+
+impl sealed::Sealed for QueuedUrl {}
+
+impl FetchTarget for QueuedUrl {
+    fn url(&self) -> &Url {
+        &self.0
+    }
 }
 
 /// A job file's name: sortable by creation time, unique.
@@ -120,7 +150,7 @@ impl Spool {
             version: 1,
             created: unix_now(),
             urls: urls.to_vec(),
-            failed: Vec::new(),
+            _failed: serde::de::IgnoredAny,
         };
         let id = JobId(format!("{}-{}{JOB_SUFFIX}", unix_nanos(), random_hex()));
         self.write(&id, &job)?;
@@ -159,14 +189,6 @@ impl Spool {
         })
     }
 
-    /// Replaces a job's contents (e.g. to record permanent failures), atomically.
-    ///
-    /// # Errors
-    /// [`SpoolError::Io`].
-    pub fn update(&self, id: &JobId, job: &Job) -> Result<(), SpoolError> {
-        self.write(id, job)
-    }
-
     /// Removes a finished job.
     ///
     /// # Errors
@@ -174,7 +196,7 @@ impl Spool {
     pub fn complete(&self, id: &JobId) -> Result<(), SpoolError> {
         let path = self.path(id);
         match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
+            Ok(()) => fsutil::sync_dir(&self.dir).map_err(|error| io(&self.dir, error)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(io(&path, error)),
         }
@@ -196,16 +218,13 @@ impl Spool {
     }
 
     fn write(&self, id: &JobId, job: &Job) -> Result<(), SpoolError> {
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}", random_hex()));
-        let result = write_synced(&tmp, job).and_then(|()| {
-            let target = self.path(id);
-            std::fs::rename(&tmp, &target).map_err(|error| io(&target, error))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        sync_dir(&self.dir)
+        let target = self.path(id);
+        let bytes = serde_json::to_vec(job).map_err(|e| SpoolError::Corrupt {
+            path: target.clone(),
+            error: e.to_string(),
+        })?;
+        fsutil::replace(&target, &bytes, 0o600, Durability::Synced)
+            .map_err(|error| io(&target, error))
     }
 
     fn remove_stale_temporaries(&self) -> Result<(), SpoolError> {
@@ -217,29 +236,6 @@ impl Spool {
         }
         Ok(())
     }
-}
-
-fn write_synced(path: &Path, job: &Job) -> Result<(), SpoolError> {
-    let bytes = serde_json::to_vec(job).map_err(|e| SpoolError::Corrupt {
-        path: path.to_owned(),
-        error: e.to_string(),
-    })?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| io(path, error))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| io(path, error))
-}
-
-/// Makes a rename or removal in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|error| io(dir, error))
 }
 
 fn io(path: &Path, error: std::io::Error) -> SpoolError {
@@ -268,7 +264,7 @@ fn random_hex() -> String {
     if getrandom::getrandom(&mut bytes).is_err() {
         bytes = (u64::from(std::process::id()) ^ unix_nanos() as u64).to_le_bytes();
     }
-    hex::encode(bytes)
+    format!("{:016x}", u64::from_le_bytes(bytes))
 }
 
 #[cfg(test)]
@@ -318,18 +314,30 @@ mod tests {
     }
 
     #[test]
-    fn update_and_quarantine() {
+    fn quarantine_sets_unreadable_jobs_aside() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = spool.enqueue(&urls(2)).unwrap().unwrap();
-        let mut job = spool.load(&id).unwrap();
-        job.failed.push(job.urls.remove(0));
-        spool.update(&id, &job).unwrap();
-        assert_eq!(spool.load(&id).unwrap(), job);
         std::fs::write(dir.path().join("1-x.job"), b"not json").unwrap();
         let bad = JobId("1-x.job".into());
         assert!(matches!(spool.load(&bad), Err(SpoolError::Corrupt { .. })));
         spool.quarantine(&bad).unwrap();
         assert_eq!(spool.list().unwrap(), vec![id]);
+    }
+
+    #[test]
+    fn jobs_written_by_0_1_0_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join("1-a.job"),
+            br#"{"version":1,"created":5,"urls":["https://t.example/0.png","not a url"],"failed":[]}"#,
+        )
+        .unwrap();
+        let job = spool.load(&JobId("1-a.job".into())).unwrap();
+        let (targets, invalid) = job.targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].url().as_str(), "https://t.example/0.png");
+        assert_eq!(invalid, 1);
     }
 }

@@ -7,7 +7,6 @@
 //! This module does no I/O; reading stdin and writing stdout is `main`'s job.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::rewrite::html::{Engine, Report};
 use crate::rewrite::mime::{self, MimeLimits};
@@ -92,31 +91,6 @@ pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErro
         report,
         html_parts: outcome.html_parts,
     })
-}
-
-/// The engine the long-running front ends (rewrite API, milter) share, swapped whole when
-/// `serve` reloads its configuration on SIGHUP.
-#[derive(Debug)]
-pub struct SharedEngine(RwLock<Arc<Engine>>);
-
-impl SharedEngine {
-    /// Shares `engine`.
-    pub fn new(engine: Engine) -> Self {
-        Self(RwLock::new(Arc::new(engine)))
-    }
-
-    /// The current engine; a request keeps the one it started with.
-    pub fn get(&self) -> Arc<Engine> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Swaps in a new engine (keys and tracker lists reloaded).
-    pub fn replace(&self, engine: Engine) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(engine);
-    }
 }
 
 /// Counts `message/rfc822` and `message/global` mentions (an upper bound on attached

@@ -57,8 +57,9 @@ pub enum TrackerError {
     },
 }
 
-/// What to do with a reference classified as a tracker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do with a reference classified as a tracker (`trackers.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TrackerMode {
     /// Remove the reference; it is never fetched.
     Block,
