@@ -34,7 +34,9 @@ pub use crate::http::{load_tls, ListenerConfig};
 pub use crate::metrics::Metrics;
 pub use crate::proxy::cache::{Cache, CacheConfig};
 pub use crate::proxy::content::ContentPolicy;
-pub use crate::proxy::fetch::{FetchConfig, Fetcher, IpPolicy, StaticResolver};
+pub use crate::proxy::fetch::{
+    FetchConfig, Fetcher, IpPolicy, Resolve, ResolveFuture, StaticResolver,
+};
 pub use crate::proxy::{run as run_proxy, ProxyState};
 pub use crate::rewrite::html::{Engine, Report};
 pub use crate::rewrite::message::{filter_message, HEADER_NAME};

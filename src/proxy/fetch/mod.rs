@@ -57,7 +57,7 @@ use crate::urltag::UrlTag;
 
 pub use self::error::FetchError;
 pub use self::policy::IpPolicy;
-pub use self::resolve::{Resolve, StaticResolver, SystemResolver};
+pub use self::resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
 
 /// The `Accept` header sent upstream: images first, then web fonts (stylesheets
 /// in mail reference them), then anything.
