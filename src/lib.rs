@@ -12,26 +12,29 @@
 //! The modules are private; what the binary, the tests, the benchmarks and the fuzzer use is
 //! re-exported here. See `ARCHITECTURE.md` for the data flow and the invariants.
 
+mod activation;
 mod config;
 mod daemon;
 mod delivery;
 mod fsutil;
 mod http;
 mod metrics;
+mod pipe;
 mod proxy;
 mod rewrite;
 mod sign;
 mod startup;
 mod swap;
 mod urltag;
+mod weburl;
 
 pub use crate::config::{Config, ConfigError, RawConfig};
 pub use crate::daemon::run as serve;
-pub use crate::delivery::pipe::{run as filter_stdin, PipeExit};
 pub use crate::delivery::prefetch::{run as run_prefetch, PrefetchConfig};
 pub use crate::delivery::spool::Spool;
 pub use crate::http::{load_tls, ListenerConfig};
 pub use crate::metrics::Metrics;
+pub use crate::pipe::{run as filter_stdin, PipeExit};
 pub use crate::proxy::cache::{Cache, CacheConfig};
 pub use crate::proxy::content::ContentPolicy;
 pub use crate::proxy::fetch::{

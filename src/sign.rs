@@ -16,7 +16,7 @@ use base64::Engine as _;
 use url::Url;
 
 use crate::fsutil::{self, Durability};
-use crate::rewrite::weburl::WebUrl;
+use crate::weburl::WebUrl;
 
 /// Bytes of MAC carried in a URL (128 bits).
 const TAG_LEN: usize = 16;

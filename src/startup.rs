@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::activation::ActivationError;
 use crate::config::{Config, ConfigError, RawConfig};
-use crate::daemon::activation::ActivationError;
 use crate::delivery::spool::SpoolError;
 use crate::http::TlsError;
 use crate::proxy::cache::CacheError;

@@ -5,7 +5,6 @@
 //!
 //! Everything here is glue: what each part does is its own module's business.
 
-pub mod activation;
 mod signals;
 
 use std::net::SocketAddr;
@@ -17,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::Activation;
 use crate::config::Config;
-use crate::daemon::activation::Activation;
 use crate::delivery::api::ApiState;
 use crate::delivery::milter::{self, MilterListen, MilterState};
 use crate::delivery::spool::Spool;

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::spool::Spool;
 use crate::delivery::{queue_prefetch, SharedEngine};
 use crate::metrics::{Metrics, MilterOutcome};
-use crate::rewrite::message::{rewrite_parts, HEADER_NAME};
+use crate::rewrite::message::{rewrite_parts, Filtered, HEADER_NAME};
 
 /// Where the milter listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,9 +162,8 @@ impl Session {
 
     /// Decides what the MTA does with the message just received.
     async fn finish(&mut self) -> ModificationResponse {
-        let metrics = self.state.metrics.clone();
         if self.too_large {
-            metrics.milter_message(MilterOutcome::TooLarge);
+            self.state.metrics.milter_message(MilterOutcome::TooLarge);
             tracing::info!(
                 limit = self.state.max_message_bytes,
                 "milter: message too large, passed unchanged"
@@ -191,45 +190,54 @@ impl Session {
         })
         .await;
         match result {
-            Ok(Ok((filtered, changed))) => {
-                let mut builder = ModificationResponse::builder();
-                // A report that arrived with the message was written by the sender (or a
-                // relay) and would be taken for ours: delete it. Last first, so each index
-                // still names the field it named when the message came in.
-                for index in (1..=self.incoming_reports).rev() {
-                    builder.push(ChangeHeader::new(index, HEADER_NAME.as_bytes(), b""));
-                }
-                if changed {
-                    for chunk in filtered.message[body_start..].chunks(REPLACE_CHUNK) {
-                        builder.push(ReplaceBody::new(chunk));
-                    }
-                }
-                // With SMFIP_HDR_LEADSPC the MTA writes the value exactly as given, so the
-                // space after the colon is ours to send.
-                let value = filtered.report.header_value();
-                let value = if self.leading_space {
-                    format!(" {value}")
-                } else {
-                    value
-                };
-                builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
-                metrics.milter_message(if changed {
-                    MilterOutcome::Rewritten
-                } else {
-                    MilterOutcome::Unchanged
-                });
-                tracing::info!(
-                    proxied = filtered.report.proxied,
-                    trackers = filtered.report.trackers,
-                    removed = filtered.report.removed,
-                    html_parts = filtered.html_parts,
-                    "milter: message rewritten"
-                );
-                builder.contin()
-            }
+            Ok(Ok((filtered, changed))) => self.modifications(&filtered, body_start, changed),
             Ok(Err(reason)) => self.failure(&reason),
             Err(_) => self.failure("internal error while rewriting (contained)"),
         }
+    }
+
+    /// What the MTA is told to change: the sender's reports deleted, the body replaced if it
+    /// changed, our report added.
+    fn modifications(
+        &self,
+        filtered: &Filtered,
+        body_start: usize,
+        changed: bool,
+    ) -> ModificationResponse {
+        let mut builder = ModificationResponse::builder();
+        // A report that arrived with the message was written by the sender (or a relay) and
+        // would be taken for ours: delete it. Last first, so each index still names the
+        // field it named when the message came in.
+        for index in (1..=self.incoming_reports).rev() {
+            builder.push(ChangeHeader::new(index, HEADER_NAME.as_bytes(), b""));
+        }
+        if changed {
+            for chunk in filtered.message[body_start..].chunks(REPLACE_CHUNK) {
+                builder.push(ReplaceBody::new(chunk));
+            }
+        }
+        // With SMFIP_HDR_LEADSPC the MTA writes the value exactly as given, so the space
+        // after the colon is ours to send.
+        let value = filtered.report.header_value();
+        let value = if self.leading_space {
+            format!(" {value}")
+        } else {
+            value
+        };
+        builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
+        self.state.metrics.milter_message(if changed {
+            MilterOutcome::Rewritten
+        } else {
+            MilterOutcome::Unchanged
+        });
+        tracing::info!(
+            proxied = filtered.report.proxied,
+            trackers = filtered.report.trackers,
+            removed = filtered.report.removed,
+            html_parts = filtered.html_parts,
+            "milter: message rewritten"
+        );
+        builder.contin()
     }
 
     /// Counts the failure and answers as `milter.on_error` says.

@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod milter;
-pub mod pipe;
 pub mod prefetch;
 pub mod spool;
 

@@ -24,8 +24,8 @@ use url::Url;
 use crate::rewrite::css::{self, StyleHints, UrlAction, UrlKind};
 use crate::rewrite::trackers::TrackerMode;
 use crate::rewrite::trackers::TrackerRules;
-use crate::rewrite::weburl::WebUrl;
 use crate::sign::Signer;
+use crate::weburl::WebUrl;
 
 /// MSO comments and `<noscript>` nest rarely and never deeply; this bounds recursion on
 /// hostile input.

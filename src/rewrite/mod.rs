@@ -9,4 +9,3 @@ pub mod html;
 pub mod message;
 pub mod mime;
 pub mod trackers;
-pub mod weburl;

@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use url::form_urlencoded;
 
-use crate::rewrite::weburl::WebUrl;
+use crate::weburl::WebUrl;
 
 /// Where a matching rule came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
