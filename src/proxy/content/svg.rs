@@ -21,12 +21,6 @@ pub(super) fn sanitize_svg(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 mod tests {
     use super::super::sanitize;
     use super::super::testutil::policy;

@@ -2,13 +2,6 @@
 //! images, the default policy and a timer. Builders for one checker's samples stay in
 //! that checker's own tests.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
