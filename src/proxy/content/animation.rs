@@ -29,6 +29,10 @@ const ANIMATION_BUFFERS: u64 = 4;
 
 /// GIFs are walked frame by frame: one frame means static (re-encoded),
 /// more means animated (validated, served as received).
+///
+/// # Errors
+/// [`ContentError::TooLarge`] from the header, [`ContentError::Decode`] when a frame,
+/// a limit or a cap fails.
 pub(super) fn sanitize_gif(
     bytes: &[u8],
     policy: &ContentPolicy,
@@ -39,6 +43,9 @@ pub(super) fn sanitize_gif(
 
 /// Static WebP takes the static path (re-encoded as PNG); animated WebP is
 /// walked frame by frame like a GIF.
+///
+/// # Errors
+/// As [`sanitize_gif`], or as [`sanitize_static`] for a static WebP.
 pub(super) fn sanitize_webp(
     bytes: &[u8],
     policy: &ContentPolicy,

@@ -21,6 +21,9 @@ const SFNT_TABLE_ENTRY_LEN: usize = 16;
 const SFNT_VERSIONS: [&[u8; 4]; 3] = [b"\x00\x01\x00\x00", b"true", b"OTTO"];
 
 /// Checks the container of a font of `kind` and passes it through unchanged.
+///
+/// # Errors
+/// [`ContentError::Decode`] when the header or table directory is malformed.
 pub(super) fn sanitize_font(bytes: &[u8], kind: Kind) -> Result<Sanitized, ContentError> {
     let checked = match kind {
         Kind::Woff => check_woff(bytes),

@@ -36,6 +36,10 @@ impl Kind {
 }
 
 /// Decodes a static image under the limits and re-encodes it if asked.
+///
+/// # Errors
+/// [`ContentError::TooLarge`] from the header, [`ContentError::Decode`] when decoding,
+/// a limit or re-encoding fails.
 pub(super) fn sanitize_static(
     bytes: &[u8],
     kind: Kind,
@@ -73,6 +77,9 @@ fn decode_static(
 
 /// Builds the result for a decoded static image: re-encoded per policy, or the
 /// original bytes now that they decoded.
+///
+/// # Errors
+/// [`ContentError::Decode`] when re-encoding fails.
 pub(super) fn finish_static(
     original: &[u8],
     kind: Kind,

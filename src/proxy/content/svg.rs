@@ -10,6 +10,9 @@ use super::{ContentError, ContentPolicy, Kind, Sanitized};
 /// SVG is served unchanged when allowed. The caller must serve it under a CSP that
 /// forbids script and loads (the proxy sends `default-src 'none'; sandbox` on every
 /// response).
+///
+/// # Errors
+/// [`ContentError::SvgRefused`] while `allow_svg` is off.
 pub(super) fn sanitize_svg(
     bytes: &[u8],
     policy: &ContentPolicy,
