@@ -65,8 +65,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     activation.check_all_claimed()?;
     signals::spawn_eviction(state.cache.clone(), config.cache_evict_interval);
     signals::spawn_reload(config_path, state.clone(), fronts.engine.clone());
-    announce_ready(&config, listener_config.tls.is_some());
     signals::cancel_on_shutdown_signal(stop.clone());
+    announce_ready(&config, listener_config.tls.is_some());
     proxy::run(
         images,
         state,

@@ -67,29 +67,27 @@ fn reload(
     Ok(())
 }
 
-/// Cancels `stop` on SIGTERM or SIGINT.
+/// Cancels `stop` on SIGTERM or SIGINT. The handlers are in place when this returns, so a
+/// signal sent right after (say, once READY was announced) is not lost to the default
+/// action.
 pub(super) fn cancel_on_shutdown_signal(stop: CancellationToken) {
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.cancel();
-    });
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    tokio::spawn(async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                // Without signal handlers, Ctrl-C still ends the process the default way.
+                tracing::warn!("cannot listen for SIGTERM and SIGINT; they stop mailveil at once");
+                std::future::pending::<()>().await;
             }
         }
-        _ => {
-            // Without signal handlers, Ctrl-C still ends the process the default way.
-            std::future::pending::<()>().await;
-        }
-    }
-    tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested");
+        stop.cancel();
+    });
 }

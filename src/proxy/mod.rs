@@ -219,6 +219,15 @@ async fn fetch_and_sanitize(state: &ProxyState, target: &Url) -> Result<NewEntry
     let sanitized = tokio::task::spawn_blocking(move || content::sanitize(&fetched.body, &policy))
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))??;
+    tracing::debug!(
+        host = target.host_str().unwrap_or(""),
+        url = %UrlTag::of(target.as_str()),
+        kind = sanitized.kind.content_type(),
+        width = sanitized.width,
+        height = sanitized.height,
+        bytes = sanitized.body.len(),
+        "fetched body vetted"
+    );
     Ok(NewEntry {
         content_type: sanitized.kind.content_type().to_owned(),
         is_pixel: sanitized.is_pixel,

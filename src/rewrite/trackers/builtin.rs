@@ -7,7 +7,7 @@
 
 use url::form_urlencoded;
 
-use crate::rewrite::weburl::WebUrl;
+use crate::weburl::WebUrl;
 
 use self::PathMatch::{Any, Contains, Exact, Prefix};
 

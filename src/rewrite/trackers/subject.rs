@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use crate::rewrite::weburl::WebUrl;
+use crate::weburl::WebUrl;
 
 /// A URL prepared once per classification: serialised text in original and
 /// folded case (same byte offsets, URLs are ASCII), plus the host span.
