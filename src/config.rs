@@ -2,9 +2,11 @@
 //! validated form the rest of the program uses ([`Config`]).
 //!
 //! Validation happens once, at startup, and every error names the offending key and value.
-//! Modules receive their own small structs (e.g. [`TrackerConfig`]), never the raw TOML.
-//! This module reads the config file and nothing else; keys and tracker lists are loaded by
-//! their own modules from the paths validated here.
+//! Each side receives its own small struct (the fetcher a `FetchConfig`, the cache a
+//! `CacheConfig`, the milter a `MilterConfig`), never the raw TOML; the structs belong to
+//! the modules that use them, and this module fills them in. It reads the config file and
+//! nothing else: the key files, tracker lists and token files it names are read by
+//! [`crate::startup`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

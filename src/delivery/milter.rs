@@ -235,6 +235,7 @@ impl Session {
             trackers = filtered.report.trackers,
             removed = filtered.report.removed,
             html_parts = filtered.html_parts,
+            skipped_parts = filtered.skipped_parts,
             "milter: message rewritten"
         );
         builder.contin()

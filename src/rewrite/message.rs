@@ -44,6 +44,8 @@ pub struct Filtered {
     pub report: Report,
     /// HTML parts rewritten.
     pub html_parts: usize,
+    /// HTML parts left as they were because they could not be decoded faithfully.
+    pub skipped_parts: usize,
 }
 
 /// Rewrites every HTML part of `raw` and adds the `X-Mailveil` header.
@@ -90,6 +92,7 @@ pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErro
         message: outcome.message,
         report,
         html_parts: outcome.html_parts,
+        skipped_parts: outcome.skipped_parts,
     })
 }
 
