@@ -1,6 +1,8 @@
 //! The command line as a user meets it: help, keygen, sign, check-config, rewrite.
 
-use crate::util::{data, run_binary, signer, Sandbox, PUBLIC_URL};
+use crate::util::process::run_binary;
+use crate::util::sandbox::Sandbox;
+use crate::util::{data, signer, PUBLIC_URL};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -8,6 +10,13 @@ fn stdout(out: &std::process::Output) -> String {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `check-config`, which must fail, and returns what it printed on stderr.
+fn check_config_error(sandbox: &Sandbox) -> String {
+    let out = sandbox.run(&["check-config"], b"");
+    assert!(!out.status.success());
+    stderr(&out)
 }
 
 #[test]
@@ -87,22 +96,16 @@ fn example_config_loads() {
 #[test]
 fn check_config_names_the_bad_key() {
     let sandbox = Sandbox::new("[trackers]\nmode = \"sometimes\"\n");
-    let out = sandbox.run(&["check-config"], b"");
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("trackers.mode"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("sometimes"), "{}", stderr(&out));
+    let err = check_config_error(&sandbox);
+    assert!(err.contains("trackers.mode"), "{err}");
+    assert!(err.contains("sometimes"), "{err}");
 }
 
 #[test]
 fn check_config_reports_a_missing_tracker_list() {
     let sandbox = Sandbox::new("[trackers]\nlists = [\"/nonexistent/list.txt\"]\n");
-    let out = sandbox.run(&["check-config"], b"");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("trackers.lists[0]"),
-        "{}",
-        stderr(&out)
-    );
+    let err = check_config_error(&sandbox);
+    assert!(err.contains("trackers.lists[0]"), "{err}");
 }
 
 #[test]
@@ -110,19 +113,7 @@ fn tracker_list_from_config_is_applied() {
     let sandbox = Sandbox::new("");
     let list = sandbox.dir.path().join("list.txt");
     std::fs::write(&list, "! Title: test list\n||pixel.tracker.example^\n").expect("list");
-    let config = format!("[trackers]\nlists = [\"{}\"]\n", list.display());
-    let sandbox = Sandbox {
-        config: {
-            let p = sandbox.dir.path().join("b.toml");
-            std::fs::write(
-                &p,
-                std::fs::read_to_string(&sandbox.config).expect("cfg") + &config,
-            )
-            .expect("write");
-            p
-        },
-        ..sandbox
-    };
+    sandbox.reconfigure(&format!("[trackers]\nlists = [\"{}\"]\n", list.display()));
     let out = sandbox.run(
         &["rewrite"],
         br#"<img src="https://pixel.tracker.example/o.gif"><img src="https://ok.example/a.png">"#,
@@ -226,11 +217,6 @@ fn filter_does_not_need_the_api_token_file() {
         "{}",
         stderr(&out)
     );
-    let check = sandbox.run(&["check-config"], b"");
-    assert!(!check.status.success());
-    assert!(
-        stderr(&check).contains("api.token_file"),
-        "{}",
-        stderr(&check)
-    );
+    let err = check_config_error(&sandbox);
+    assert!(err.contains("api.token_file"), "{err}");
 }

@@ -3,7 +3,8 @@
 
 use base64::Engine as _;
 
-use crate::util::{leaks, Sandbox};
+use crate::util::leaks;
+use crate::util::sandbox::Sandbox;
 
 const TEXT_PART: &str = "Hello in plain text.\r\nSecond line with =3D and trailing space \r\n";
 

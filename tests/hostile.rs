@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::server::{get, png, setup_proxy};
-use crate::upstream::Route;
+use crate::util::proxy::{get, png, setup_proxy};
+use crate::util::upstream::Route;
 
 /// CRC-32 (IEEE) for hand-made PNG chunks.
 fn crc32(bytes: &[u8]) -> u32 {
@@ -52,20 +52,12 @@ async fn status_within(path: &str, limit: Duration, route: Route) -> (u16, usize
     (got.status, got.body.len())
 }
 
-fn body(content_type: &'static str, bytes: Vec<u8>) -> Route {
-    Route::Body {
-        content_type,
-        body: bytes.into(),
-        delay: Duration::ZERO,
-    }
-}
-
 #[tokio::test]
 async fn decompression_bomb_png_is_refused() {
     let (status, len) = status_within(
         "/bomb.png",
         Duration::from_secs(5),
-        body("image/png", bomb_png(100_000, 100_000)),
+        Route::body("image/png", bomb_png(100_000, 100_000)),
     )
     .await;
     assert_eq!(status, 415);
@@ -75,8 +67,12 @@ async fn decompression_bomb_png_is_refused() {
 #[tokio::test]
 async fn html_served_as_png_is_refused() {
     let html = b"<!DOCTYPE html><html><script>alert(1)</script></html>".to_vec();
-    let (status, len) =
-        status_within("/fake.png", Duration::from_secs(5), body("image/png", html)).await;
+    let (status, len) = status_within(
+        "/fake.png",
+        Duration::from_secs(5),
+        Route::body("image/png", html),
+    )
+    .await;
     assert_eq!(status, 415);
     assert!(len < 100);
 }
@@ -84,8 +80,12 @@ async fn html_served_as_png_is_refused() {
 #[tokio::test]
 async fn svg_is_refused_by_default() {
     let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec();
-    let (status, _) =
-        status_within("/x.svg", Duration::from_secs(5), body("image/svg+xml", svg)).await;
+    let (status, _) = status_within(
+        "/x.svg",
+        Duration::from_secs(5),
+        Route::body("image/svg+xml", svg),
+    )
+    .await;
     assert_eq!(status, 415);
 }
 

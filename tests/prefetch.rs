@@ -4,110 +4,41 @@
 //! anonymous headers whether the message is ever opened or not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crate::server::{get, png};
-use crate::upstream::{Logged, Route, Upstream};
-use crate::util::{free_port, run_binary, spool_jobs, wait_healthy};
+use crate::util::proxy::{get, png};
+use crate::util::proxy_urls_at;
+use crate::util::sandbox::Sandbox;
+use crate::util::upstream::{Logged, Route, Upstream};
+use crate::util::wait::until;
 
 const MESSAGES: usize = 50;
 const UA: &str = "mailveil-prefetch-test/1";
 
-/// A config, key and spool for one scenario; the proxy listens on `port`.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    port: u16,
+/// A sandbox for one scenario: the spool polled every 100 ms, `per_host` fetches at once to
+/// a host, retries after 1 s, and `prefetch_extra` (more `[prefetch]` keys); fetching from
+/// loopback allowed.
+fn scenario(per_host: usize, prefetch_extra: &str) -> Sandbox {
+    Sandbox::serving(&format!(
+        "[prefetch]\npoll_interval_ms = 100\nper_host = {per_host}\nretry_base_secs = 1\n{prefetch_extra}\
+         [fetch]\nallow_networks = [\"127.0.0.1/32\"]\nuser_agent = \"{UA}\"\n"
+    ))
 }
 
-impl Setup {
-    fn new(per_host: usize) -> Self {
-        Self::with(per_host, "")
-    }
-
-    /// With extra `[prefetch]` keys.
-    fn with(per_host: usize, prefetch_extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let d = dir.path();
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             [keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n\
-             [prefetch]\nspool_dir = \"{}\"\npoll_interval_ms = 100\nper_host = {per_host}\nretry_base_secs = 1\n{prefetch_extra}\
-             [fetch]\nallow_networks = [\"127.0.0.1/32\"]\nuser_agent = \"{UA}\"\n",
-            d.join("key").display(),
-            d.join("cache").display(),
-            d.join("spool").display(),
-        );
-        let config = d.join("mailveil.toml");
-        std::fs::write(&config, text).expect("config");
-        Setup { dir, config, port }
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn filter(&self, message: &str) -> String {
-        let out = run_binary(
-            &["filter"],
-            message.as_bytes(),
-            &[("MAILVEIL_CONFIG", self.config.as_os_str())],
-            self.dir.path(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    fn serve(&self) -> Serve {
-        let child = Command::new(env!("CARGO_BIN_EXE_mailveil"))
-            .arg("serve")
-            .env_clear()
-            .env("HOME", self.dir.path())
-            .env("MAILVEIL_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        Serve(child)
-    }
+/// `mailveil filter` on `message`: the rewritten message.
+fn filter(sandbox: &Sandbox, message: &str) -> String {
+    let out = sandbox.run(&["filter"], message.as_bytes());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// The daemon; killed on drop.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Serve {
-    fn sigkill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    assert!(until(limit, done).await, "timed out waiting for {what}");
 }
 
 /// The sender: shared logos and per-recipient pixels, all logged.
@@ -173,18 +104,6 @@ fn assert_anonymous(log: &[Logged]) {
     }
 }
 
-fn proxy_urls(message: &str, base: &str) -> Vec<String> {
-    let prefix = format!("{base}/i/");
-    message
-        .match_indices(&prefix)
-        .map(|(at, _)| {
-            let rest = &message[at..];
-            let end = rest.find(['"', ')', '\'', '&']).unwrap_or(rest.len());
-            rest[..end].to_owned()
-        })
-        .collect()
-}
-
 /// A tiny deterministic generator, so the "random" opening pattern replays.
 struct Lcg(u64);
 
@@ -208,7 +127,7 @@ async fn open_some(rewritten: &[String], base: &str) -> (BTreeSet<usize>, System
         let times = rng.next() % 3; // 0: never opened, 1: once, 2: twice
         for _ in 0..times {
             tokio::time::sleep(Duration::from_millis(rng.next() % 20)).await;
-            let urls = proxy_urls(message, base);
+            let urls = proxy_urls_at(message, base);
             assert_eq!(urls.len(), 4, "message {i} has four proxied images");
             for url in urls {
                 assert_eq!(get(&url).await.status, 200, "message {i}: {url}");
@@ -229,7 +148,11 @@ async fn metric(base: &str, name: &str) -> f64 {
 }
 
 /// The checks shared by the scenarios, after the spool drained.
-async fn assert_opens_tell_the_sender_nothing(setup: &Setup, up: &Upstream, rewritten: &[String]) {
+async fn assert_opens_tell_the_sender_nothing(
+    setup: &Sandbox,
+    up: &Upstream,
+    rewritten: &[String],
+) {
     let before = up.log();
     let fetched = counts(&before);
     assert_eq!(
@@ -286,21 +209,20 @@ async fn assert_opens_tell_the_sender_nothing(setup: &Setup, up: &Upstream, rewr
 #[tokio::test]
 async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
     let up = sender(Duration::ZERO).await;
-    let setup = Setup::new(8);
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let setup = scenario(8, "");
+    let _serve = setup.serve_healthy().await;
     let rewritten: Vec<String> = (0..MESSAGES)
-        .map(|i| setup.filter(&message(&up, i)))
+        .map(|i| filter(&setup, &message(&up, i)))
         .collect();
     assert!(rewritten
         .iter()
         .all(|m| m.starts_with("X-Mailveil: proxied=4")));
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        spool_jobs(&setup.spool()) == 0
+        setup.jobs() == 0
     })
     .await;
     // The figure behind the cache sizing advice in the README.
-    let files = crate::server::walk(&setup.dir.path().join("cache"));
+    let files = crate::util::walk(&setup.dir.path().join("cache"));
     let bytes: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -317,16 +239,15 @@ async fn messages_filtered_while_serve_runs_are_prefetched_before_any_open() {
 #[tokio::test]
 async fn jobs_wait_in_the_spool_until_serve_starts() {
     let up = sender(Duration::ZERO).await;
-    let setup = Setup::new(8);
+    let setup = scenario(8, "");
     let rewritten: Vec<String> = (0..MESSAGES)
-        .map(|i| setup.filter(&message(&up, i)))
+        .map(|i| filter(&setup, &message(&up, i)))
         .collect();
-    assert_eq!(spool_jobs(&setup.spool()), MESSAGES);
+    assert_eq!(setup.jobs(), MESSAGES);
     assert!(up.log().is_empty(), "filter itself fetches nothing");
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let _serve = setup.serve_healthy().await;
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        spool_jobs(&setup.spool()) == 0
+        setup.jobs() == 0
     })
     .await;
     assert_opens_tell_the_sender_nothing(&setup, &up, &rewritten).await;
@@ -336,27 +257,26 @@ async fn jobs_wait_in_the_spool_until_serve_starts() {
 async fn sigkill_mid_drain_loses_no_job() {
     let up = sender(Duration::from_millis(200)).await;
     let per_host = 4;
-    let setup = Setup::new(per_host);
+    let setup = scenario(per_host, "");
     let rewritten: Vec<String> = (0..MESSAGES)
-        .map(|i| setup.filter(&message(&up, i)))
+        .map(|i| filter(&setup, &message(&up, i)))
         .collect();
     let serve = setup.serve();
     wait_until("the drain to be under way", Duration::from_secs(30), || {
         up.log().len() >= 20
     })
     .await;
-    serve.sigkill();
+    serve.kill();
     let at_kill = up.log().len();
     assert!(
         at_kill < expected_paths().len(),
         "killed mid-drain ({at_kill} fetched)"
     );
-    assert!(spool_jobs(&setup.spool()) > 0, "jobs remain after the kill");
+    assert!(setup.jobs() > 0, "jobs remain after the kill");
 
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let _serve = setup.serve_healthy().await;
     wait_until("the spool to drain", Duration::from_secs(60), || {
-        spool_jobs(&setup.spool()) == 0
+        setup.jobs() == 0
     })
     .await;
     let fetched = counts(&up.log());
@@ -383,18 +303,11 @@ async fn sigkill_mid_drain_loses_no_job() {
 #[tokio::test]
 async fn placeholder_mode_tells_the_sender_nothing_on_a_miss() {
     let up = sender(Duration::ZERO).await;
-    let setup = Setup::with(8, "on_miss = \"placeholder\"\n");
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let setup = scenario(8, "on_miss = \"placeholder\"\n");
+    let _serve = setup.serve_healthy().await;
     // Signed but never queued for prefetch: the cache has nothing.
-    let signed = run_binary(
-        &["sign", &up.url("/logo.png")],
-        b"",
-        &[("MAILVEIL_CONFIG", setup.config.as_os_str())],
-        setup.dir.path(),
-    );
-    let url = String::from_utf8(signed.stdout).expect("utf-8");
-    let got = get(url.trim()).await;
+    let url = setup.sign(&up.url("/logo.png"));
+    let got = get(&url).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["content-type"], "image/gif");
     assert_eq!(got.headers["cache-control"], "no-store");
@@ -412,17 +325,10 @@ async fn placeholder_mode_tells_the_sender_nothing_on_a_miss() {
 #[tokio::test]
 async fn fetch_mode_counts_an_open_time_fetch_on_a_miss() {
     let up = sender(Duration::ZERO).await;
-    let setup = Setup::new(8);
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
-    let signed = run_binary(
-        &["sign", &up.url("/logo.png")],
-        b"",
-        &[("MAILVEIL_CONFIG", setup.config.as_os_str())],
-        setup.dir.path(),
-    );
-    let url = String::from_utf8(signed.stdout).expect("utf-8");
-    assert_eq!(get(url.trim()).await.status, 200);
+    let setup = scenario(8, "");
+    let _serve = setup.serve_healthy().await;
+    let url = setup.sign(&up.url("/logo.png"));
+    assert_eq!(get(&url).await.status, 200);
     assert_eq!(up.hits("/logo.png"), 1);
     assert_eq!(
         metric(&setup.base(), "mailveil_open_time_fetches_total").await,
@@ -434,33 +340,21 @@ async fn fetch_mode_counts_an_open_time_fetch_on_a_miss() {
 async fn transient_failures_are_retried_until_cached() {
     let up = sender(Duration::ZERO).await;
     up.route("/flaky.png", Route::Status(503));
-    let setup = Setup::new(8);
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let setup = scenario(8, "");
+    let _serve = setup.serve_healthy().await;
     let message = format!(
         "From: a@b.example\r\nContent-Type: text/html\r\n\r\n<img src=\"{}\">\r\n",
         up.url("/flaky.png")
     );
-    setup.filter(&message);
+    filter(&setup, &message);
     wait_until("a first failed attempt", Duration::from_secs(10), || {
         up.hits("/flaky.png") >= 1
     })
     .await;
-    assert_eq!(
-        spool_jobs(&setup.spool()),
-        1,
-        "the job stays while retrying"
-    );
-    up.route(
-        "/flaky.png",
-        Route::Body {
-            content_type: "image/png",
-            body: png(9, 9).into(),
-            delay: Duration::ZERO,
-        },
-    );
+    assert_eq!(setup.jobs(), 1, "the job stays while retrying");
+    up.route("/flaky.png", Route::body("image/png", png(9, 9)));
     wait_until("the retry to succeed", Duration::from_secs(20), || {
-        spool_jobs(&setup.spool()) == 0
+        setup.jobs() == 0
     })
     .await;
     assert!(up.hits("/flaky.png") >= 2);
@@ -476,17 +370,16 @@ async fn permanent_failures_end_the_job() {
         "text/html",
         b"<html>not an image</html>".to_vec(),
     );
-    let setup = Setup::new(8);
-    let _serve = setup.serve();
-    wait_healthy(&setup.base()).await;
+    let setup = scenario(8, "");
+    let _serve = setup.serve_healthy().await;
     let message = format!(
         "From: a@b.example\r\nContent-Type: text/html\r\n\r\n<img src=\"{}\"><img src=\"{}\">\r\n",
         up.url("/gone.png"),
         up.url("/page.png")
     );
-    setup.filter(&message);
+    filter(&setup, &message);
     wait_until("the job to end", Duration::from_secs(20), || {
-        spool_jobs(&setup.spool()) == 0
+        setup.jobs() == 0
     })
     .await;
     assert_eq!(up.hits("/gone.png"), 1, "a 404 is not retried");

@@ -1,175 +1,16 @@
-//! `serve` against a real loopback upstream: hits and misses, signatures, redirects, the
-//! exact headers sent upstream, the cache across restarts, corruption, coalescing, HTTP
-//! semantics, and hostile upstreams.
+//! The image proxy (in-process) against a real loopback upstream: hits and misses,
+//! signatures, redirects, the exact headers sent upstream, the cache across restarts,
+//! corruption, coalescing, HTTP semantics. Hostile upstreams are in `hostile.rs`.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use mailveil::ContentPolicy;
-use mailveil::Metrics;
-use mailveil::{Cache, CacheConfig};
-use mailveil::{FetchConfig, Fetcher, IpPolicy};
-use mailveil::{ListenerConfig, ProxyState};
-use tokio::sync::oneshot;
-
-use crate::upstream::{Route, Upstream};
-use crate::util::{signer, PUBLIC_URL};
-
-pub const USER_AGENT: &str = "mailveil-test/1";
-
-/// A running proxy on an ephemeral loopback port.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-pub fn fetch_config(allow: &[&str]) -> FetchConfig {
-    FetchConfig {
-        user_agent: USER_AGENT.into(),
-        connect_timeout: Duration::from_secs(2),
-        total_timeout: Duration::from_secs(2),
-        max_bytes: 2 << 20,
-        max_redirects: 5,
-        policy: IpPolicy::new(allow.iter().map(|n| n.parse().expect("cidr")).collect()),
-    }
-}
-
-impl Proxy {
-    pub async fn start(cache_dir: &Path, fetch: FetchConfig) -> Self {
-        Self::start_with_fetcher(cache_dir, Fetcher::new(fetch)).await
-    }
-
-    pub async fn start_with_fetcher(cache_dir: &Path, fetcher: Fetcher) -> Self {
-        let cache = Cache::open(CacheConfig {
-            dir: cache_dir.to_owned(),
-            max_disk_bytes: 1 << 30,
-            memory_bytes: 16 << 20,
-            max_age: Duration::from_secs(86_400 * 30),
-        })
-        .expect("cache");
-        let state = Arc::new(ProxyState::new(
-            signer(),
-            cache,
-            fetcher,
-            ContentPolicy {
-                max_alloc: 32 << 20,
-                ..ContentPolicy::default()
-            },
-            Arc::new(Metrics::new()),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = ListenerConfig {
-            max_connections: 512,
-            header_timeout: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(5),
-            tls: None,
-        };
-        let task = tokio::spawn(mailveil::run_proxy(listener, state, config, async {
-            let _ = stopped.await;
-        }));
-        Proxy {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// The proxy path (`/i/...`) for `target`.
-    pub fn path_for(&self, target: &str) -> String {
-        let signed = signer().sign(&url::Url::parse(target).expect("url"));
-        signed.strip_prefix(PUBLIC_URL).expect("prefix").to_owned()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
-    }
-}
-
-pub struct Got {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
-    request_with_body(method, url, headers, Vec::new()).await
-}
-
-pub async fn request_with_body(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Got {
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let body = http_body_util::Full::new(Bytes::from(body));
-    let resp = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(req.body(body).expect("req")),
-    )
-    .await
-    .expect("proxy answers in time")
-    .expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Got {
-        status,
-        headers,
-        body,
-    }
-}
-
-pub async fn get(url: &str) -> Got {
-    request("GET", url, &[]).await
-}
-
-pub fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_fn(width, height, |x, y| {
-        image::Rgba([(x * 7) as u8, (y * 3) as u8, 90, 255])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("png");
-    out.into_inner()
-}
-
-pub async fn setup_proxy() -> (tempfile::TempDir, Upstream, Proxy) {
-    setup().await
-}
-
-async fn setup() -> (tempfile::TempDir, Upstream, Proxy) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let up = Upstream::start("127.0.0.1:0").await;
-    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
-    (dir, up, proxy)
-}
+use crate::util::proxy::{get, loopback_proxy, png, request, setup_proxy, USER_AGENT};
+use crate::util::upstream::Route;
+use crate::util::walk;
 
 #[tokio::test]
 async fn miss_then_hit_with_our_headers_only() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.body("/a.png", "image/png", png(20, 10));
     let path = proxy.path_for(&up.url("/a.png"));
     let first = get(&proxy.url(&path)).await;
@@ -202,7 +43,7 @@ async fn miss_then_hit_with_our_headers_only() {
 
 #[tokio::test]
 async fn bad_or_missing_signature_is_403_without_touching_the_network() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.body("/a.png", "image/png", png(2, 2));
     let good = proxy.path_for(&up.url("/a.png"));
     let other = proxy.path_for(&up.url("/b.png"));
@@ -225,7 +66,7 @@ async fn bad_or_missing_signature_is_403_without_touching_the_network() {
 
 #[tokio::test]
 async fn routes_health_metrics_and_404() {
-    let (_dir, _up, proxy) = setup().await;
+    let (_dir, _up, proxy) = setup_proxy().await;
     assert_eq!(get(&proxy.url("/healthz")).await.status, 200);
     assert_eq!(get(&proxy.url("/nothing")).await.status, 404);
     assert_eq!(request("POST", &proxy.url("/i/x/y"), &[]).await.status, 405);
@@ -242,7 +83,7 @@ async fn routes_health_metrics_and_404() {
 
 #[tokio::test]
 async fn exactly_the_allowed_headers_go_upstream() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.body("/h.png", "image/png", png(3, 3));
     let path = proxy.path_for(&up.url("/h.png"));
     let got = request(
@@ -279,7 +120,7 @@ async fn exactly_the_allowed_headers_go_upstream() {
 
 #[tokio::test]
 async fn redirect_chains_are_followed_within_the_limit() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.body("/final.png", "image/png", png(4, 4));
     up.route("/r1", Route::Redirect(up.url("/r2")));
     up.route("/r2", Route::Redirect("/final.png".into()));
@@ -303,7 +144,7 @@ async fn redirect_chains_are_followed_within_the_limit() {
 
 #[tokio::test]
 async fn if_none_match_gives_304_and_head_has_no_body() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.body("/e.png", "image/png", png(5, 5));
     let url = proxy.url(&proxy.path_for(&up.url("/e.png")));
     let first = get(&url).await;
@@ -327,12 +168,12 @@ async fn if_none_match_gives_304_and_head_has_no_body() {
 
 #[tokio::test]
 async fn cache_survives_a_restart() {
-    let (dir, up, proxy) = setup().await;
+    let (dir, up, proxy) = setup_proxy().await;
     up.body("/keep.png", "image/png", png(6, 6));
     let path = proxy.path_for(&up.url("/keep.png"));
     let before = get(&proxy.url(&path)).await;
     proxy.stop().await;
-    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    let proxy = loopback_proxy(dir.path()).await;
     let after = get(&proxy.url(&path)).await;
     assert_eq!(after.status, 200);
     assert_eq!(after.body, before.body);
@@ -342,7 +183,7 @@ async fn cache_survives_a_restart() {
 
 #[tokio::test]
 async fn a_corrupt_cache_file_is_never_served() {
-    let (dir, up, proxy) = setup().await;
+    let (dir, up, proxy) = setup_proxy().await;
     up.body("/c.png", "image/png", png(7, 7));
     let path = proxy.path_for(&up.url("/c.png"));
     let good = get(&proxy.url(&path)).await;
@@ -356,7 +197,7 @@ async fn a_corrupt_cache_file_is_never_served() {
         corrupted += 1;
     }
     assert_eq!(corrupted, 1);
-    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    let proxy = loopback_proxy(dir.path()).await;
     let again = get(&proxy.url(&path)).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body, good.body, "refetched, not the corrupt bytes");
@@ -366,7 +207,7 @@ async fn a_corrupt_cache_file_is_never_served() {
 
 #[tokio::test]
 async fn hundred_concurrent_requests_make_one_upstream_fetch() {
-    let (_dir, up, proxy) = setup().await;
+    let (_dir, up, proxy) = setup_proxy().await;
     up.route(
         "/slow.png",
         Route::Body {
@@ -387,23 +228,4 @@ async fn hundred_concurrent_requests_make_one_upstream_fetch() {
     }
     assert_eq!(up.hits("/slow.png"), 1);
     proxy.stop().await;
-}
-
-pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if !p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
-        {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -2,41 +2,17 @@
 //! otherwise non-public destination gets a 4xx from the proxy, and a loopback canary sees
 //! no connection at all.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mailveil::{Fetcher, StaticResolver};
 
-use crate::server::{fetch_config, get, Proxy};
-use crate::upstream::{Route, Upstream};
+use crate::util::canary::{Canary, Response};
+use crate::util::proxy::{fetch_config, get, loopback_proxy, Proxy};
+use crate::util::upstream::{Route, Upstream};
 
-/// Counts TCP connections; never answers.
-struct Canary {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-}
-
-impl Canary {
-    async fn start(bind: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .expect("bind canary");
-        let addr = listener.local_addr().expect("addr");
-        let connections = Arc::new(AtomicUsize::new(0));
-        let count = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            }
-        });
-        Canary { addr, connections }
-    }
-
-    fn seen(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
+/// A canary on `bind` that answers nothing useful: any connection at all is the failure.
+fn start_canary(bind: &str) -> Canary {
+    Canary::start(bind, |_| Response::not_found()).expect("bind canary")
 }
 
 fn cases(p: u16, p6: u16) -> Vec<String> {
@@ -102,8 +78,8 @@ async fn assert_refused(proxy: &Proxy, target: &str) {
 
 #[tokio::test]
 async fn every_spelling_of_a_private_destination_is_refused() {
-    let canary = Canary::start("127.0.0.1:0").await;
-    let canary6 = Canary::start("[::1]:0").await;
+    let canary = start_canary("127.0.0.1:0");
+    let canary6 = start_canary("[::1]:0");
     let dir = tempfile::tempdir().expect("tempdir");
     let proxy = Proxy::start(dir.path(), fetch_config(&[])).await;
     let cases = cases(canary.addr.port(), canary6.addr.port());
@@ -111,14 +87,22 @@ async fn every_spelling_of_a_private_destination_is_refused() {
     for target in &cases {
         assert_refused(&proxy, target).await;
     }
-    assert_eq!(canary.seen(), 0, "the IPv4 canary was contacted");
-    assert_eq!(canary6.seen(), 0, "the IPv6 canary was contacted");
+    assert_eq!(
+        canary.finish(),
+        Vec::<String>::new(),
+        "the IPv4 canary was contacted"
+    );
+    assert_eq!(
+        canary6.finish(),
+        Vec::<String>::new(),
+        "the IPv6 canary was contacted"
+    );
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn names_resolving_to_private_addresses_are_refused() {
-    let canary = Canary::start("127.0.0.1:0").await;
+    let canary = start_canary("127.0.0.1:0");
     let dir = tempfile::tempdir().expect("tempdir");
     let resolver = StaticResolver::new([
         (
@@ -143,7 +127,7 @@ async fn names_resolving_to_private_addresses_are_refused() {
     for host in ["loopback.test", "mixed.test", "metadata.test"] {
         assert_refused(&proxy, &format!("http://{host}:{p}/x.png")).await;
     }
-    assert_eq!(canary.seen(), 0);
+    assert_eq!(canary.finish(), Vec::<String>::new());
     proxy.stop().await;
 }
 
@@ -151,8 +135,8 @@ async fn names_resolving_to_private_addresses_are_refused() {
 async fn a_redirect_to_a_private_address_is_refused() {
     // The upstream's exact address is allowed (as a public sender would be); the canary,
     // elsewhere on loopback, is not.
-    let canary = Canary::start("127.0.0.2:0").await;
-    let canary6 = Canary::start("[::1]:0").await;
+    let canary = start_canary("127.0.0.2:0");
+    let canary6 = start_canary("[::1]:0");
     let up = Upstream::start("127.0.0.1:0").await;
     up.route(
         "/to-canary",
@@ -174,10 +158,13 @@ async fn a_redirect_to_a_private_address_is_refused() {
         Route::Redirect("http://169.254.169.254/latest/".into()),
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = Proxy::start(dir.path(), fetch_config(&["127.0.0.1/32"])).await;
+    let proxy = loopback_proxy(dir.path()).await;
     for path in ["/to-canary", "/to-canary6", "/to-mapped", "/to-metadata"] {
         assert_refused(&proxy, &up.url(path)).await;
     }
-    assert_eq!(canary.seen() + canary6.seen(), 0);
+    assert_eq!(
+        [canary.finish(), canary6.finish()].concat(),
+        Vec::<String>::new()
+    );
     proxy.stop().await;
 }

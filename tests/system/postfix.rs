@@ -9,13 +9,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 
-use crate::milter::{newsletter, MilterDaemon};
-use crate::util::{free_port, leaks};
+use crate::util::milter::{newsletter, Milter};
+use crate::util::wait::poll;
+use crate::util::{free_port, leaks, listening};
 
 /// A private Postfix instance; stopped (and waited for) on drop.
 struct Postfix {
@@ -110,15 +111,11 @@ impl Postfix {
         let postfix = Self { dir, conf, port };
         postfix.control("check");
         postfix.control("start");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "postfix never listened; log:\n{}",
-                postfix.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            poll(Duration::from_secs(20), || listening(port)),
+            "postfix never listened; log:\n{}",
+            postfix.log()
+        );
         postfix
     }
 
@@ -158,31 +155,28 @@ impl Postfix {
     /// Waits until the Maildir holds `count` messages and returns them, oldest first.
     fn delivered(&self, count: usize) -> Vec<String> {
         let new = self.dir.path().join("mail/inbox/new");
-        let started = Instant::now();
-        loop {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
+        let files = || -> Vec<PathBuf> {
+            std::fs::read_dir(&new)
                 .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            if files.len() >= count {
-                // Maildir names start with the delivery time in seconds, then a sequence.
-                files.sort_by_key(|p| {
-                    std::fs::metadata(p)
-                        .and_then(|m| m.modified())
-                        .expect("mtime")
-                });
-                return files
-                    .iter()
-                    .map(|p| std::fs::read_to_string(p).expect("read delivered message"))
-                    .collect();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "only {} of {count} delivered; log:\n{}",
-                files.len(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                .unwrap_or_default()
+        };
+        assert!(
+            poll(Duration::from_secs(60), || files().len() >= count),
+            "only {} of {count} delivered; log:\n{}",
+            files().len(),
+            self.log()
+        );
+        let mut files = files();
+        // Maildir names start with the delivery time in seconds, then a sequence.
+        files.sort_by_key(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .expect("mtime")
+        });
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read delivered message"))
+            .collect()
     }
 }
 
@@ -213,11 +207,9 @@ impl Drop for Postfix {
             .output();
         // Wait for the master to go before the temp dir is removed under it.
         let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
-        let started = Instant::now();
-        while !pid.trim().is_empty() && proc.exists() && started.elapsed() < Duration::from_secs(15)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(Duration::from_secs(15), || {
+            pid.trim().is_empty() || !proc.exists()
+        });
     }
 }
 
@@ -243,10 +235,10 @@ fn lf(text: &str) -> String {
 
 #[tokio::test]
 async fn postfix_delivers_through_the_milter_and_without_it() {
-    let mut daemon = MilterDaemon::start("").await;
+    let mut milter = Milter::start("").await;
     let postfix = tokio::task::spawn_blocking({
-        let milter = daemon.milter.clone();
-        move || Postfix::start(&milter)
+        let addr = milter.addr.clone();
+        move || Postfix::start(&addr)
     })
     .await
     .expect("start postfix");
@@ -294,11 +286,16 @@ async fn postfix_delivers_through_the_milter_and_without_it() {
         }
     }
     assert_eq!(leaks(body, &["list-manage.com"]), Vec::<String>::new());
-    assert!(body.matches(&format!("{}/i/", daemon.base)).count() >= 1_500);
-    assert_eq!(daemon.jobs(), 1, "prefetch queued by the milter");
+    assert!(
+        body.matches(&format!("{}/i/", milter.sandbox.base()))
+            .count()
+            >= 1_500
+    );
+    assert_eq!(milter.sandbox.jobs(), 1, "prefetch queued by the milter");
 
     // 2. mailveil stopped: Postfix still delivers, unchanged.
-    daemon.terminate();
+    milter.daemon.terminate();
+    milter.daemon.wait_exit(Duration::from_secs(20));
     let (message, _, _) = newsletter(3);
     let delivered = submit_and_wait(&postfix, message, 2).await;
     let got = &delivered[1];

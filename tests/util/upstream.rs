@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 pub struct Logged {
     pub path: String,
     pub headers: Vec<(String, String)>,
-    #[allow(dead_code)] // read by the prefetch timing checks
     pub at: std::time::SystemTime,
 }
 
@@ -32,6 +31,12 @@ pub enum Route {
         content_type: &'static str,
         body: Bytes,
         delay: Duration,
+    },
+    /// 200 with this content type and body once the gate opens.
+    Held {
+        content_type: &'static str,
+        body: Bytes,
+        gate: Gate,
     },
     /// 302 to this location.
     Redirect(String),
@@ -45,6 +50,39 @@ pub enum Route {
     Status(u16),
 }
 
+/// Holds [`Route::Held`] answers back until the test opens it; clones share it.
+#[derive(Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    /// Lets every held answer, and every later one, go.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
+}
+
+impl Route {
+    /// 200 with `content_type` and `body`, at once.
+    pub fn body(content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Route::Body {
+            content_type,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// The server. Clones share its routes and log.
 #[derive(Clone, Default)]
 pub struct Upstream {
     pub addr: Option<SocketAddr>,
@@ -56,7 +94,7 @@ impl Upstream {
     /// Starts on `bind` (e.g. "127.0.0.1:0") with no routes; unknown paths get 404.
     pub async fn start(bind: &str) -> Self {
         let listener = TcpListener::bind(bind).await.expect("bind upstream");
-        let mut up = Upstream {
+        let up = Upstream {
             addr: Some(listener.local_addr().expect("addr")),
             ..Default::default()
         };
@@ -75,7 +113,6 @@ impl Upstream {
                 });
             }
         });
-        up.routes = up.routes.clone();
         up
     }
 
@@ -95,15 +132,9 @@ impl Upstream {
             .insert(path.to_owned(), route);
     }
 
+    /// Answers `path` with 200, `content_type` and `body`.
     pub fn body(&self, path: &str, content_type: &'static str, body: impl Into<Bytes>) {
-        self.route(
-            path,
-            Route::Body {
-                content_type,
-                body: body.into(),
-                delay: Duration::ZERO,
-            },
-        );
+        self.route(path, Route::body(content_type, body));
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -172,12 +203,15 @@ async fn respond(route: Option<Route>, path: &str) -> Response<BoxBody<Bytes, In
             delay,
         }) => {
             tokio::time::sleep(delay).await;
-            let mut r = full(StatusCode::OK, body);
-            r.headers_mut()
-                .insert("content-type", content_type.parse().expect("ct"));
-            r.headers_mut()
-                .insert("set-cookie", "tracker=1; Path=/".parse().expect("cookie"));
-            r
+            ok(content_type, body)
+        }
+        Some(Route::Held {
+            content_type,
+            body,
+            gate,
+        }) => {
+            gate.passed().await;
+            ok(content_type, body)
         }
         Some(Route::Redirect(to)) => redirect(&to),
         Some(Route::RedirectLoop(prefix)) => {
@@ -207,6 +241,16 @@ async fn respond(route: Option<Route>, path: &str) -> Response<BoxBody<Bytes, In
             r
         }
     }
+}
+
+/// 200 with `body`, and a cookie as a tracking sender would set.
+fn ok(content_type: &str, body: Bytes) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut r = full(StatusCode::OK, body);
+    r.headers_mut()
+        .insert("content-type", content_type.parse().expect("ct"));
+    r.headers_mut()
+        .insert("set-cookie", "tracker=1; Path=/".parse().expect("cookie"));
+    r
 }
 
 fn redirect(to: &str) -> Response<BoxBody<Bytes, Infallible>> {

@@ -3,12 +3,14 @@
 
 use std::process::Command;
 
+use crate::util::data;
+use crate::util::process::BIN;
+
 /// The unit with `ExecStart` pointing at the binary under test, since `verify` checks that
 /// the command exists.
 fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
-    let unit =
-        std::fs::read_to_string(crate::util::data("../../systemd/mailveil.service")).expect("unit");
-    let unit = unit.replace("/usr/local/bin/mailveil", env!("CARGO_BIN_EXE_mailveil"));
+    let unit = std::fs::read_to_string(data("../../systemd/mailveil.service")).expect("unit");
+    let unit = unit.replace("/usr/local/bin/mailveil", BIN);
     let path = dir.join("mailveil.service");
     std::fs::write(&path, unit).expect("write unit");
     path
@@ -38,8 +40,7 @@ fn socket_unit_verifies_with_the_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let service = unit_under_test(dir.path());
     let socket = dir.path().join("mailveil.socket");
-    std::fs::copy(crate::util::data("../../systemd/mailveil.socket"), &socket)
-        .expect("copy socket unit");
+    std::fs::copy(data("../../systemd/mailveil.socket"), &socket).expect("copy socket unit");
     let out = systemd_analyze(&[
         "verify",
         socket.to_str().expect("utf-8"),

@@ -21,22 +21,19 @@
 use std::collections::BTreeSet;
 use std::error::Error;
 use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::panic::resume_unwind;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
-use mailveil::Engine;
-use mailveil::TrackerMode;
-use mailveil::TrackerRules;
-use mailveil::{Key, Signer};
+use mailveil::{Signer, TrackerMode};
 use url::Url;
+
+use crate::util::canary::{request_target, Canary, Response};
+use crate::util::process::wait_or_kill;
+use crate::util::{engine_for, signer_for, tail};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -46,13 +43,10 @@ const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 const CHROMIUM_ENV: &str = "MAILVEIL_CHROMIUM";
 /// A run is killed after this long, so a hung browser fails the test instead of stalling it.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a server waits for a request on a connection it accepted.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Fixtures write the tracker's address as this.
 const TRACKER_PLACEHOLDER: &str = "TRACKER";
 /// Fixtures may also name the tracker as this host or a subdomain of it.
 const TRACKER_DOMAIN: &str = "tracker.test";
-const KEY: [u8; 32] = [7; 32];
 /// A valid 1x1 transparent PNG.
 const PNG_1X1: &[u8] = &[
     0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
@@ -70,7 +64,7 @@ static CHROMIUM_TURN: Mutex<()> = Mutex::new(());
 fn chromium_attribute_vectors_reach_only_the_proxy() -> TestResult {
     check(&Fixture {
         name: "attributes",
-        html: include_str!("data/chromium/attributes.html"),
+        html: include_str!("../data/chromium/attributes.html"),
         scripting: Scripting::On,
         core_vectors: &[
             "/link-stylesheet.css",
@@ -122,7 +116,7 @@ fn chromium_attribute_vectors_reach_only_the_proxy() -> TestResult {
 fn chromium_css_vectors_reach_only_the_proxy() -> TestResult {
     check(&Fixture {
         name: "css",
-        html: include_str!("data/chromium/css.html"),
+        html: include_str!("../data/chromium/css.html"),
         scripting: Scripting::On,
         core_vectors: &[
             "/style-import-url.css",
@@ -170,7 +164,7 @@ fn chromium_css_vectors_reach_only_the_proxy() -> TestResult {
 fn chromium_noscript_content_reaches_only_the_proxy_with_scripting_off() -> TestResult {
     check(&Fixture {
         name: "noscript",
-        html: include_str!("data/chromium/noscript.html"),
+        html: include_str!("../data/chromium/noscript.html"),
         scripting: Scripting::Off,
         core_vectors: &[
             "/noscript-img.png",
@@ -184,7 +178,7 @@ fn chromium_noscript_content_reaches_only_the_proxy_with_scripting_off() -> Test
 fn chromium_meta_refresh_reaches_only_the_proxy() -> TestResult {
     check(&Fixture {
         name: "refresh",
-        html: include_str!("data/chromium/refresh.html"),
+        html: include_str!("../data/chromium/refresh.html"),
         scripting: Scripting::On,
         core_vectors: &["/meta-refresh"],
     })
@@ -194,7 +188,7 @@ fn chromium_meta_refresh_reaches_only_the_proxy() -> TestResult {
 fn chromium_frameset_reaches_only_the_proxy() -> TestResult {
     check(&Fixture {
         name: "frameset",
-        html: include_str!("data/chromium/frameset.html"),
+        html: include_str!("../data/chromium/frameset.html"),
         scripting: Scripting::On,
         core_vectors: &["/frame.html", "/frame-named-host.html"],
     })
@@ -213,7 +207,7 @@ struct Fixture {
 
 impl Fixture {
     /// The document as sent to a client when the tracker listens at `tracker`.
-    fn html_for(&self, tracker: &Server) -> String {
+    fn html_for(&self, tracker: &Canary) -> String {
         self.html.replace(TRACKER_PLACEHOLDER, &tracker.host())
     }
 }
@@ -271,8 +265,8 @@ impl Visit {
 }
 
 fn show_original(fixture: &Fixture) -> TestResult<Visit> {
-    let tracker = Server::start(answer_as_tracker)?;
-    let proxy = Server::start(answer_as_proxy)?;
+    let tracker = Canary::start("127.0.0.1:0", answer_as_tracker)?;
+    let proxy = Canary::start("127.0.0.1:0", answer_as_proxy)?;
     let html = fixture.html_for(&tracker);
     visit(fixture, html, tracker, proxy)
 }
@@ -280,17 +274,17 @@ fn show_original(fixture: &Fixture) -> TestResult<Visit> {
 /// Rewrites the document for a proxy at a fresh server and shows the result. Also returns the
 /// signer, to check what the proxy was asked for.
 fn show_rewritten(fixture: &Fixture) -> TestResult<(Visit, Signer)> {
-    let tracker = Server::start(answer_as_tracker)?;
-    let proxy = Server::start(answer_as_proxy)?;
-    let public_url = Url::parse(&proxy.url("/"))?;
-    let signer = Signer::new(&public_url, Key::from_bytes(KEY), vec![]);
-    let engine = Engine::new(signer.clone(), TrackerRules::builtin(), TrackerMode::Block);
+    let tracker = Canary::start("127.0.0.1:0", answer_as_tracker)?;
+    let proxy = Canary::start("127.0.0.1:0", answer_as_proxy)?;
+    let public_url = proxy.url("/");
+    let engine = engine_for(&public_url, TrackerMode::Block);
     let html = engine.rewrite(&fixture.html_for(&tracker))?.html;
+    let signer = signer_for(&public_url);
     Ok((visit(fixture, html, tracker, proxy)?, signer))
 }
 
 /// Serves `html` from a page server, shows it in Chromium and collects the servers' logs.
-fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> TestResult<Visit> {
+fn visit(fixture: &Fixture, html: String, tracker: Canary, proxy: Canary) -> TestResult<Visit> {
     let document = format!("/{}.html", fixture.name);
     let sandboxed = format!("/{}-sandboxed.html", fixture.name);
     let shown = match fixture.scripting {
@@ -298,12 +292,12 @@ fn visit(fixture: &Fixture, html: String, tracker: Server, proxy: Server) -> Tes
         Scripting::Off => sandboxed.clone(),
     };
     let pages = [(sandbox_page(&document), sandboxed), (html, document)];
-    let page = Server::start(
-        move |target| match pages.iter().find(|(_, path)| path == target) {
+    let page = Canary::start("127.0.0.1:0", move |target| {
+        match pages.iter().find(|(_, path)| path == target) {
             Some((html, _)) => Response::ok("text/html; charset=utf-8", html.clone()),
             None => Response::not_found(),
-        },
-    )?;
+        }
+    })?;
     let tracker_addr = tracker.addr;
     let chromium = run_chromium(&page.url(&shown), tracker_addr)?;
     Ok(Visit {
@@ -381,22 +375,6 @@ fn names_tracker(url: &Url, tracker: SocketAddr) -> bool {
     by_name || by_address
 }
 
-/// The target of a logged request line (`GET /x.png` gives `/x.png`); None for notes.
-fn request_target(line: &str) -> Option<&str> {
-    let mut parts = line.split(' ');
-    parts.next()?;
-    parts.next().filter(|t| t.starts_with('/'))
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-fn tail(text: &str, max: usize) -> &str {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 // ---------------------------------------------------------------------------------------------
 // The browser
 
@@ -460,7 +438,7 @@ fn run_chromium(url: &str, tracker: SocketAddr) -> TestResult<ChromiumRun> {
     let status = {
         let _turn = CHROMIUM_TURN.lock().unwrap_or_else(PoisonError::into_inner);
         let mut child = command.spawn()?;
-        wait_or_kill(&mut child, CHROMIUM_TIMEOUT)?
+        wait_or_kill(&mut child, CHROMIUM_TIMEOUT)
     };
     let stderr = std::fs::read_to_string(&stderr_path)?;
     let Some(status) = status else {
@@ -476,54 +454,8 @@ fn run_chromium(url: &str, tracker: SocketAddr) -> TestResult<ChromiumRun> {
     })
 }
 
-/// Waits for `child`; after `timeout`, kills its process group and returns None.
-fn wait_or_kill(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    // The group is the one `process_group(0)` made for this child: its id is the child's.
-    // Best effort (`kill` may be missing); output goes to files, so stragglers block nothing.
-    let group = format!("-{}", child.id());
-    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-    child.kill().ok();
-    child.wait()?;
-    Ok(None)
-}
-
 // ---------------------------------------------------------------------------------------------
-// Loopback servers
-
-/// What a server sends back for one request.
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            status: "200 OK",
-            content_type,
-            body: body.into(),
-        }
-    }
-
-    fn not_found() -> Self {
-        Self {
-            status: "404 Not Found",
-            content_type: "text/plain",
-            body: b"not found".to_vec(),
-        }
-    }
-}
+// What the stand-ins answer
 
 /// The tracker answers like the remote host it stands in for: a valid resource of the type
 /// the path suggests, so that chains (stylesheets, frames) behave as they would for real.
@@ -551,146 +483,4 @@ fn answer_as_proxy(target: &str) -> Response {
     } else {
         Response::not_found()
     }
-}
-
-type Answer = dyn Fn(&str) -> Response + Send + Sync;
-
-/// A loopback HTTP/1.1 server that answers one request per connection and logs every
-/// connection it accepts: its request line without the version (`GET /x.png`), or a note in
-/// angle brackets when no HTTP request came (a preconnect, a TLS handshake).
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<String>>>,
-    acceptor: JoinHandle<Vec<JoinHandle<()>>>,
-}
-
-impl Server {
-    fn start(answer: impl Fn(&str) -> Response + Send + Sync + 'static) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let answer: Arc<Answer> = Arc::new(answer);
-        let acceptor = {
-            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
-            thread::spawn(move || accept_until_stopped(&listener, &stop, &log, &answer))
-        };
-        Ok(Self {
-            addr,
-            stop,
-            log,
-            acceptor,
-        })
-    }
-
-    /// `127.0.0.1:PORT`.
-    fn host(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Accepts what is still queued, waits until every connection is answered, stops, and
-    /// returns the log. Called once the browser has exited, so the log is complete.
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let handlers = self
-            .acceptor
-            .join()
-            .unwrap_or_else(|panic| resume_unwind(panic));
-        for handler in handlers {
-            handler.join().unwrap_or_else(|panic| resume_unwind(panic));
-        }
-        std::mem::take(&mut *lock(&self.log))
-    }
-}
-
-/// Accepts connections, one thread each, until asked to stop and nothing is left queued.
-fn accept_until_stopped(
-    listener: &TcpListener,
-    stop: &AtomicBool,
-    log: &Arc<Mutex<Vec<String>>>,
-    answer: &Arc<Answer>,
-) -> Vec<JoinHandle<()>> {
-    let mut handlers = Vec::new();
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let (log, answer) = (Arc::clone(log), Arc::clone(answer));
-                handlers.push(thread::spawn(move || {
-                    serve_connection(stream, &log, &*answer)
-                }));
-            }
-            // Stop only on an empty queue: every connection the browser made is logged.
-            Err(e) if e.kind() == ErrorKind::WouldBlock && stop.load(Ordering::SeqCst) => {
-                return handlers;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-            Err(e) => {
-                lock(log).push(format!("<accept failed: {e}>"));
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-fn serve_connection(mut stream: TcpStream, log: &Mutex<Vec<String>>, answer: &Answer) {
-    let entry = match read_request_line(&mut stream) {
-        Ok(Some(line)) => {
-            if let Some(target) = request_target(&line) {
-                // The browser may have gone already; what it was sent does not matter then.
-                let _ = write_response(&mut stream, &answer(target));
-            }
-            line
-        }
-        Ok(None) => "<connection closed without a request>".to_owned(),
-        Err(e) => format!("<no request: {e}>"),
-    };
-    lock(log).push(entry);
-}
-
-/// Reads a request head and returns its first line without the HTTP version, a note when the
-/// bytes are not HTTP, or None when the peer sent nothing.
-fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    if head.is_empty() {
-        return Ok(None);
-    }
-    let first = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(first);
-    Ok(Some(match line.rsplit_once(" HTTP/") {
-        Some((request, _)) => request.to_owned(),
-        None => format!("<not HTTP: {} bytes>", head.len()),
-    }))
-}
-
-fn write_response(stream: &mut TcpStream, response: &Response) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-         Access-Control-Allow-Origin: *\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&response.body)?;
-    stream.flush()
-}
-
-/// Locks a log even if a thread panicked while holding it: the entries are still good.
-fn lock(log: &Mutex<Vec<String>>) -> MutexGuard<'_, Vec<String>> {
-    log.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -16,11 +16,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::recipes::{assert_delivered_unchanged, assert_rewritten, MESSAGE};
-use crate::util::{proxy_urls, signer, Sandbox, PUBLIC_URL};
+use crate::util::process::{wait_or_kill, BIN};
+use crate::util::recipe::{assert_delivered_unchanged, assert_rewritten, MESSAGE};
+use crate::util::sandbox::Sandbox;
+use crate::util::{proxy_urls, signer, PUBLIC_URL};
 
 /// Debian's Dovecot LDA (package dovecot-core).
 const LDA: &str = "/usr/lib/dovecot/dovecot-lda";
@@ -112,7 +113,7 @@ fn running_as_root(sandbox: &Sandbox) -> bool {
 /// as `nobody` and the build directory is out of its reach (a checkout under `/root`), in
 /// which case a copy in the sandbox.
 fn installed_binary(sandbox: &Sandbox) -> PathBuf {
-    let built = Path::new(env!("CARGO_BIN_EXE_mailveil"));
+    let built = Path::new(BIN);
     // Others need execute permission on the binary and on every directory above it.
     let reachable = built
         .ancestors()
@@ -200,23 +201,6 @@ fn deliver(sandbox: &Sandbox, conf: &Path) -> Delivery {
         log,
         delivered,
     }
-}
-
-/// Waits for `child`; after `timeout`, kills its process group and returns None.
-fn wait_or_kill(child: &mut std::process::Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    // The group is the one `process_group(0)` made for this child: its id is the child's.
-    let group = format!("-{}", child.id());
-    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-    child.kill().ok();
-    child.wait().expect("wait");
-    None
 }
 
 #[test]
