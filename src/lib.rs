@@ -28,25 +28,29 @@ mod swap;
 mod urltag;
 mod weburl;
 
-pub use crate::config::{Config, ConfigError, RawConfig};
+pub use crate::config::{Config, ConfigError, FilterOnError, ParseError, RawConfig};
 pub use crate::daemon::run as serve;
 pub use crate::delivery::prefetch::{run as run_prefetch, PrefetchConfig};
-pub use crate::delivery::spool::Spool;
-pub use crate::http::{load_tls, ListenerConfig};
+pub use crate::delivery::spool::{Spool, SpoolError};
+pub use crate::http::{load_tls, ListenerConfig, TlsError};
 pub use crate::metrics::Metrics;
 pub use crate::pipe::{run as filter_stdin, PipeExit};
-pub use crate::proxy::cache::{Cache, CacheConfig};
-pub use crate::proxy::content::ContentPolicy;
+pub use crate::proxy::cache::{Cache, CacheConfig, CacheError};
+pub use crate::proxy::content::{ContentError, ContentPolicy};
 pub use crate::proxy::fetch::{
-    FetchConfig, Fetcher, IpPolicy, Resolve, ResolveFuture, StaticResolver,
+    FetchConfig, FetchError, Fetcher, IpPolicy, Resolve, ResolveFuture, StaticResolver,
 };
-pub use crate::proxy::{run as run_proxy, ProxyState};
-pub use crate::rewrite::html::{Engine, Report};
-pub use crate::rewrite::message::{filter_message, HEADER_NAME};
+pub use crate::proxy::{run as run_proxy, OnMiss, ProxyError, ProxyState};
+pub use crate::rewrite::html::{Engine, HtmlError, Report, Rewritten};
+pub use crate::rewrite::message::{filter_message, FilterError, Filtered, HEADER_NAME};
 pub use crate::rewrite::mime::prepend_header;
-pub use crate::rewrite::trackers::{TrackerMode, TrackerRules};
-pub use crate::sign::{Key, Signer};
-pub use crate::startup::{build_engine, check_config, load_config, load_raw_config, StartupError};
+pub use crate::rewrite::trackers::{TrackerError, TrackerMode, TrackerRules};
+pub use crate::sign::{FetchTarget, Key, SignError, SignedUrl, Signer};
+pub use crate::startup::{
+    build_engine, check_config, load_config, load_raw_config, load_signer, load_trackers,
+    StartupError,
+};
+pub use crate::weburl::WebUrl;
 
 #[cfg(test)]
 mod layout_tests;

@@ -35,7 +35,7 @@ use crate::urltag::UrlTag;
 /// connections for at most `config.shutdown_grace`.
 ///
 /// # Errors
-/// As [`crate::http::serve`].
+/// As the accept loop it runs on (`http::serve`): none today.
 pub async fn run(
     listener: TcpListener,
     state: Arc<ProxyState>,
