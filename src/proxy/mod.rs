@@ -53,13 +53,14 @@ pub struct ProxyState {
     /// Verifies proxy URLs; replaced whole on reload (SIGHUP), so a request sees one key set.
     signer: Swap<Signer>,
     /// The two-tier cache.
-    pub cache: Cache,
-    /// The outbound client (the only code opening outbound sockets).
-    pub fetcher: Fetcher,
+    pub(crate) cache: Cache,
+    /// The outbound client (the only code opening outbound sockets); private, so the only
+    /// way to it is [`ProxyState::load`] with a [`FetchTarget`].
+    fetcher: Fetcher,
     /// Content checks for fetched bodies.
-    pub images: ContentPolicy,
+    content: ContentPolicy,
     /// Exported metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Bounds image decoding running at once: each can take a second of CPU and about
     /// twice `images.max_alloc` of memory, and blocking tasks cannot be cancelled.
     decode_slots: Semaphore,
@@ -84,7 +85,7 @@ impl ProxyState {
         signer: Signer,
         cache: Cache,
         fetcher: Fetcher,
-        images: ContentPolicy,
+        content: ContentPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
@@ -92,7 +93,7 @@ impl ProxyState {
             signer: Swap::new(signer),
             cache,
             fetcher,
-            images,
+            content,
             metrics,
             decode_slots: Semaphore::new(cpus),
             on_miss: OnMiss::Fetch,
@@ -215,7 +216,7 @@ async fn fetch_and_sanitize(state: &ProxyState, target: &Url) -> Result<NewEntry
         .acquire()
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    let policy = state.images.clone();
+    let policy = state.content.clone();
     let sanitized = tokio::task::spawn_blocking(move || content::sanitize(&fetched.body, &policy))
         .await
         .map_err(|e| ProxyError::Internal(e.to_string()))??;
