@@ -102,7 +102,7 @@ impl Sandbox {
     pub fn new(extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key");
-        std::fs::write(&key, format!("{}\n", hex::encode(KEY))).expect("key");
+        std::fs::write(&key, format!("{}\n", Key::from_bytes(KEY).to_hex())).expect("key");
         let config = dir.path().join("mailveil.toml");
         let toml = format!(
             "[server]\npublic_url = \"{PUBLIC_URL}\"\n[keys]\nkey_file = \"{}\"\n[cache]\ndir = \"{}\"\n[prefetch]\nspool_dir = \"{}\"\n{extra_toml}",
