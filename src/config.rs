@@ -513,7 +513,13 @@ impl RawConfig {
     /// # Errors
     /// The parser's error, which names the line and key.
     pub fn from_toml(text: &str) -> Result<Self, ParseError> {
-        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| ParseError {
+        // Syntax errors come from parsing, before any key is reached: they belong to the
+        // document itself, `.` as serde_path_to_error names the root.
+        let document = toml::Deserializer::parse(text).map_err(|error| ParseError {
+            key: ".".to_owned(),
+            error,
+        })?;
+        serde_path_to_error::deserialize(document).map_err(|e| ParseError {
             key: e.path().to_string(),
             error: e.into_inner(),
         })

@@ -3,11 +3,14 @@
 //! One [`Metrics`] value is shared by the server, the cache path and the fetcher glue; its
 //! counters are lock-free. Encoding is left to `prometheus-client`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// How a request to the image endpoint ended.
@@ -153,6 +156,26 @@ struct TierLabels {
     tier: &'static str,
 }
 
+/// A labelled family registered so that its `# HELP` and `# TYPE` lines are listed even
+/// before its first sample, as `/metrics` always has. prometheus-client leaves out families
+/// with no labels created yet; this wrapper answers "not empty" and otherwise defers.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Every metric the daemon exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -184,16 +207,24 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mailveil");
         let requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register("requests", "Image requests by outcome", requests.clone());
+        registry.register(
+            "requests",
+            "Image requests by outcome",
+            Listed(requests.clone()),
+        );
         let cache_hits = Family::<TierLabels, Counter>::default();
-        registry.register("cache_hits", "Cache hits by tier", cache_hits.clone());
+        registry.register(
+            "cache_hits",
+            "Cache hits by tier",
+            Listed(cache_hits.clone()),
+        );
         let cache_misses = Counter::default();
         registry.register("cache_misses", "Cache misses", cache_misses.clone());
         let fetches = Family::<ResultLabels, Counter>::default();
         registry.register(
             "upstream_fetches",
             "Upstream fetches by result",
-            fetches.clone(),
+            Listed(fetches.clone()),
         );
         let bytes_served = Counter::default();
         registry.register("response_bytes", "Body bytes served", bytes_served.clone());
@@ -238,7 +269,7 @@ impl Metrics {
         registry.register(
             "prefetch_urls",
             "Prefetched URLs by result",
-            prefetch_urls.clone(),
+            Listed(prefetch_urls.clone()),
         );
         let prefetch_retries = Counter::default();
         registry.register(
@@ -250,7 +281,7 @@ impl Metrics {
         registry.register(
             "milter_messages",
             "Messages seen by the milter, by outcome",
-            milter_messages.clone(),
+            Listed(milter_messages.clone()),
         );
         Self {
             milter_messages,
@@ -379,6 +410,22 @@ mod tests {
             "mailveil_request_duration_seconds_count 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn families_are_listed_before_their_first_sample() {
+        let text = Metrics::new().encode();
+        for name in [
+            "requests",
+            "cache_hits",
+            "upstream_fetches",
+            "prefetch_urls",
+            "milter_messages",
+        ] {
+            let type_line = format!("# TYPE mailveil_{name} counter\n");
+            assert!(text.contains(&type_line), "{name} not listed in\n{text}");
+            assert!(!text.contains(&format!("mailveil_{name}_total")), "{text}");
         }
     }
 }

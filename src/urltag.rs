@@ -43,7 +43,7 @@ fn process_key() -> &'static [u8; 32] {
         let mut key = [0u8; 32];
         // Without OS randomness the tag is still keyed by something a log reader does not
         // see (the clock and the pid at start), which is the best that can be done.
-        if getrandom::getrandom(&mut key).is_err() {
+        if getrandom::fill(&mut key).is_err() {
             let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
             key = *blake3::hash(seed.as_bytes()).as_bytes();
         }

@@ -92,7 +92,7 @@ async fn tls_with_alpn_h2() {
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("key");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
     let tls = mailveil::load_tls(&cert_path, &key_path).expect("load tls");
     let proxy = Proxy::start_with(
         &dir.path().join("cache"),

@@ -77,7 +77,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     .map_err(StartupError::Serve)?;
     stop.cancel();
     fronts.drain(config.server.shutdown_grace).await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
 }
@@ -116,7 +116,7 @@ fn announce_ready(config: &Config, tls: bool) {
         tls,
         "mailveil serving"
     );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// The TCP listener for the config key `key`: the socket systemd passed for `addr` if there

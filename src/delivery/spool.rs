@@ -261,7 +261,7 @@ fn random_hex() -> String {
     let mut bytes = [0u8; 8];
     // Uniqueness, not secrecy: fall back to the process id and time if the OS has no
     // randomness to give.
-    if getrandom::getrandom(&mut bytes).is_err() {
+    if getrandom::fill(&mut bytes).is_err() {
         bytes = (u64::from(std::process::id()) ^ unix_nanos() as u64).to_le_bytes();
     }
     format!("{:016x}", u64::from_le_bytes(bytes))

@@ -64,7 +64,7 @@ impl Sandbox {
             format!("http://127.0.0.1:{port}"),
         );
         if state {
-            let key = format!("{}\n", hex::encode(KEY));
+            let key = format!("{}\n", mailveil::Key::from_bytes(KEY).to_hex());
             std::fs::write(dir.path().join("key"), key).expect("key");
             for (section, name, rel) in [
                 ("keys", "key_file", "key"),
