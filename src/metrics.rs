@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// How a request to the image endpoint ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -176,6 +176,23 @@ impl<M: EncodeMetric> EncodeMetric for Listed<M> {
     }
 }
 
+/// Registers `metric` as `name` and hands it back (metrics are shared handles).
+fn metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Registers a new labelled family as `name`, listed even before its first sample.
+fn family<S, M>(registry: &mut Registry, name: &str, help: &str) -> Family<S, M>
+where
+    Family<S, M>: Default + Clone,
+    Listed<Family<S, M>>: Metric,
+{
+    let family = Family::default();
+    registry.register(name, help, Listed(family.clone()));
+    family
+}
+
 /// Every metric the daemon exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -203,102 +220,56 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, in the order `/metrics` lists them.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("mailveil");
-        let requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Image requests by outcome",
-            Listed(requests.clone()),
-        );
-        let cache_hits = Family::<TierLabels, Counter>::default();
-        registry.register(
-            "cache_hits",
-            "Cache hits by tier",
-            Listed(cache_hits.clone()),
-        );
-        let cache_misses = Counter::default();
-        registry.register("cache_misses", "Cache misses", cache_misses.clone());
-        let fetches = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "upstream_fetches",
-            "Upstream fetches by result",
-            Listed(fetches.clone()),
-        );
-        let bytes_served = Counter::default();
-        registry.register("response_bytes", "Body bytes served", bytes_served.clone());
-        // 100 µs to ~26 s.
-        let latency = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
-        registry.register(
-            "request_duration_seconds",
-            "Time to answer image requests",
-            latency.clone(),
-        );
-        let open_time_fetches = Counter::default();
-        registry.register(
-            "open_time_fetches",
-            "Upstream fetches caused by a reader opening a message (prefetch missed)",
-            open_time_fetches.clone(),
-        );
-        let placeholders = Counter::default();
-        registry.register(
-            "placeholders",
-            "Misses answered with the neutral placeholder",
-            placeholders.clone(),
-        );
-        let tracking_pixels = Counter::default();
-        registry.register(
-            "tracking_pixels",
-            "Fetched images that decoded to a tracking pixel (at most 2x2, or fully transparent)",
-            tracking_pixels.clone(),
-        );
-        let spool_jobs = Gauge::default();
-        registry.register(
-            "spool_jobs",
-            "Prefetch jobs waiting in the spool at the last scan",
-            spool_jobs.clone(),
-        );
-        let prefetch_jobs = Counter::default();
-        registry.register(
-            "prefetch_jobs",
-            "Prefetch jobs finished",
-            prefetch_jobs.clone(),
-        );
-        let prefetch_urls = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "prefetch_urls",
-            "Prefetched URLs by result",
-            Listed(prefetch_urls.clone()),
-        );
-        let prefetch_retries = Counter::default();
-        registry.register(
-            "prefetch_retries",
-            "Prefetch retries after transient failures",
-            prefetch_retries.clone(),
-        );
-        let milter_messages = Family::<MilterLabels, Counter>::default();
-        registry.register(
-            "milter_messages",
-            "Messages seen by the milter, by outcome",
-            Listed(milter_messages.clone()),
-        );
+        let mut r = Registry::with_prefix("mailveil");
         Self {
-            milter_messages,
-            open_time_fetches,
-            placeholders,
-            tracking_pixels,
-            spool_jobs,
-            prefetch_jobs,
-            prefetch_urls,
-            prefetch_retries,
-            registry,
-            requests,
-            cache_hits,
-            cache_misses,
-            fetches,
-            bytes_served,
-            latency,
+            requests: family(&mut r, "requests", "Image requests by outcome"),
+            cache_hits: family(&mut r, "cache_hits", "Cache hits by tier"),
+            cache_misses: metric(&mut r, "cache_misses", "Cache misses", Counter::default()),
+            fetches: family(&mut r, "upstream_fetches", "Upstream fetches by result"),
+            bytes_served: metric(&mut r, "response_bytes", "Body bytes served", Counter::default()),
+            latency: metric(
+                &mut r,
+                "request_duration_seconds",
+                "Time to answer image requests",
+                // 100 µs to ~26 s.
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            ),
+            open_time_fetches: metric(
+                &mut r,
+                "open_time_fetches",
+                "Upstream fetches caused by a reader opening a message (prefetch missed)",
+                Counter::default(),
+            ),
+            placeholders: metric(
+                &mut r,
+                "placeholders",
+                "Misses answered with the neutral placeholder",
+                Counter::default(),
+            ),
+            tracking_pixels: metric(
+                &mut r,
+                "tracking_pixels",
+                "Fetched images that decoded to a tracking pixel (at most 2x2, or fully transparent)",
+                Counter::default(),
+            ),
+            spool_jobs: metric(
+                &mut r,
+                "spool_jobs",
+                "Prefetch jobs waiting in the spool at the last scan",
+                Gauge::default(),
+            ),
+            prefetch_jobs: metric(&mut r, "prefetch_jobs", "Prefetch jobs finished", Counter::default()),
+            prefetch_urls: family(&mut r, "prefetch_urls", "Prefetched URLs by result"),
+            prefetch_retries: metric(
+                &mut r,
+                "prefetch_retries",
+                "Prefetch retries after transient failures",
+                Counter::default(),
+            ),
+            milter_messages: family(&mut r, "milter_messages", "Messages seen by the milter, by outcome"),
+            registry: r,
         }
     }
 
