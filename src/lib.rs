@@ -43,7 +43,7 @@ pub use crate::proxy::fetch::{
 pub use crate::proxy::{run as run_proxy, OnMiss, ProxyError, ProxyState};
 pub use crate::rewrite::html::{Engine, HtmlError, Report, Rewritten};
 pub use crate::rewrite::message::{filter_message, FilterError, Filtered, HEADER_NAME};
-pub use crate::rewrite::mime::prepend_header;
+pub use crate::rewrite::mime::{prepend_header, remove_header_fields};
 pub use crate::rewrite::trackers::{TrackerError, TrackerMode, TrackerRules};
 pub use crate::sign::{FetchTarget, Key, SignError, SignedUrl, Signer};
 pub use crate::startup::{

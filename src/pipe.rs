@@ -71,6 +71,9 @@ pub fn run(config_path: Option<&Path>) -> PipeExit {
 fn rewrite(config: &Config, raw: &[u8]) -> Result<Vec<u8>, String> {
     let engine = startup::build_engine(config).map_err(|e| e.to_string())?;
     let filtered = filter_message(&engine, raw).map_err(|e| e.to_string())?;
+    if let Some(reason) = &filtered.fallback {
+        eprintln!("mailveil filter: HTML neutralised, not rewritten: {reason}");
+    }
     match Spool::open_for_writing(&config.spool_dir) {
         Ok(spool) => queue_prefetch(&spool, &filtered.report),
         Err(e) => {

@@ -218,14 +218,10 @@ fn multipart_nested_1000_deep_is_handled() {
     let (out, err, code) = run_filter(input.as_bytes());
     assert_eq!(code, 0, "{err}");
     let text = String::from_utf8_lossy(&out);
-    // Either rewritten, or passed through whole with the reason on stderr.
-    if text.starts_with("X-Mailveil:") {
-        assert!(leaks(&text, &[]).is_empty());
-        assert!(text.contains("proxied=1"), "{}", &text[..200]);
-    } else {
-        assert_eq!(out, input.as_bytes());
-        assert!(!err.is_empty());
-    }
+    // Rewritten (issue 11: passing it through whole would leave its image live).
+    assert!(text.starts_with("X-Mailveil:"), "{err}");
+    assert!(leaks(&text, &[]).is_empty());
+    assert!(text.contains("proxied=1"), "{}", &text[..200]);
 }
 
 #[test]
@@ -287,7 +283,9 @@ fn tempfail_mode_exits_75_with_the_original() {
 }
 
 #[test]
-fn attached_messages_nested_10000_deep_pass_through() {
+fn attached_messages_nested_10000_deep_are_shown_as_plain_text() {
+    // Issue 11: deeper than the parts can be found. Passing it on would leave the HTML
+    // live; shown as plain text, nothing loads and every byte is still there.
     let mut message = String::from(
         "Content-Type: text/html\r\n\r\n<img src=\"https://deep.remote.test/x.png\">\r\n",
     );
@@ -296,6 +294,47 @@ fn attached_messages_nested_10000_deep_pass_through() {
     }
     let (out, err, code) = run_filter(message.as_bytes());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, message.as_bytes());
-    assert!(err.contains("attached messages"), "{err}");
+    let out = String::from_utf8(out).expect("utf-8");
+    let (head, body) = out.split_once("\r\n\r\n").expect("header section");
+    assert!(
+        head.starts_with("X-Mailveil: proxied=0; trackers=0; removed=0; neutralised=1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("X-Mailveil-Original-Content-Type: message/rfc822"),
+        "{head}"
+    );
+    assert_eq!(body, message.split_once("\r\n\r\n").expect("original").1);
+    assert!(err.contains("neutralised"), "{err}");
+}
+
+#[test]
+fn mentions_of_attached_messages_do_not_switch_the_filter_off() {
+    // Issue 11: `message/rfc822` written 65 times in a comment and the subject used to
+    // make the filter pass the message on untouched, trackers live.
+    let mentions = "message/rfc822 ".repeat(65);
+    let html = format!("<!-- {mentions} --><img src=\"https://pixel.remote.test/open.gif\">");
+    let message = format!(
+        "From: a@b.example\r\nSubject: {mentions}\r\nContent-Type: text/html\r\n\r\n{html}\r\n"
+    );
+    let (out, err, code) = run_filter(message.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).expect("utf-8");
+    assert!(!out.contains("pixel.remote.test"), "{out}");
+    assert!(out.starts_with("X-Mailveil: proxied=1"), "{out}");
+}
+
+#[test]
+fn a_forged_report_is_replaced_by_ours() {
+    let message = "X-Mailveil: proxied=0; trackers=0; removed=0\r\nFrom: a@b.example\r\n\
+                   Content-Type: text/html\r\n\r\n<img src=\"https://t.remote.test/p.gif\">\r\n";
+    let (out, err, code) = run_filter(message.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).expect("utf-8");
+    assert_eq!(out.matches("X-Mailveil:").count(), 1, "{out}");
+    assert!(out.starts_with("X-Mailveil: proxied=1"), "{out}");
 }

@@ -12,11 +12,11 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mailveil::prepend_header;
 use mailveil::Engine;
 use mailveil::TrackerMode;
 use mailveil::TrackerRules;
 use mailveil::{filter_message, HEADER_NAME};
+use mailveil::{prepend_header, remove_header_fields};
 use mailveil::{Key, Signer};
 use url::Url;
 
@@ -47,8 +47,14 @@ fuzz_target!(|raw: &[u8]| {
         out.windows(header.len()).any(|w| w == header.as_bytes()),
         "the {HEADER_NAME} header is missing"
     );
+    // The sender's own X-Mailveil fields are dropped; nothing else in the header section
+    // changes, unless the message's parts could not be found at all (then its top-level
+    // Content-Type is renamed and the body shown as plain text).
+    let own = remove_header_fields(raw, HEADER_NAME);
+    let raw = own.as_deref().unwrap_or(raw);
+    let last_resort = filtered.html_parts == 0 && filtered.report.neutralised > 0;
     // ...and with no HTML part in it, nothing else may change.
-    if filtered.html_parts == 0 {
+    if filtered.html_parts == 0 && !last_resort {
         let expected = prepend_header(raw, HEADER_NAME, &filtered.report.header_value());
         assert!(*out == expected, "a message without HTML parts was changed");
     }
@@ -56,7 +62,9 @@ fuzz_target!(|raw: &[u8]| {
     // there, byte for byte.
     let first_line = raw.split(|&b| b == b'\n').next().unwrap_or(raw);
     assert!(
-        first_line.is_empty() || out.windows(first_line.len()).any(|w| w == first_line),
+        last_resort
+            || first_line.is_empty()
+            || out.windows(first_line.len()).any(|w| w == first_line),
         "the first line of the message was lost"
     );
 });

@@ -236,6 +236,7 @@ impl Session {
             removed = filtered.report.removed,
             html_parts = filtered.html_parts,
             skipped_parts = filtered.skipped_parts,
+            fallback = filtered.fallback.as_deref(),
             "milter: message rewritten"
         );
         builder.contin()

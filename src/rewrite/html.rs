@@ -56,6 +56,9 @@ pub struct Report {
     pub trackers: usize,
     /// Other loading references removed (stylesheets, frames, scripts, refreshes, bad URLs).
     pub removed: usize,
+    /// HTML parts that could not be rewritten and were neutralised instead (shown as text,
+    /// nothing loaded; see `rewrite::neutralise`).
+    pub neutralised: usize,
     /// Hosts of the trackers found.
     pub tracker_hosts: BTreeSet<String>,
     /// Distinct remote URLs that were proxied: the prefetch work for this message.
@@ -68,6 +71,7 @@ impl Report {
         self.proxied += other.proxied;
         self.trackers += other.trackers;
         self.removed += other.removed;
+        self.neutralised += other.neutralised;
         self.tracker_hosts.extend(other.tracker_hosts);
         self.targets.extend(other.targets);
     }
@@ -78,6 +82,9 @@ impl Report {
             "proxied={}; trackers={}; removed={}",
             self.proxied, self.trackers, self.removed
         );
+        if self.neutralised > 0 {
+            value.push_str(&format!("; neutralised={}", self.neutralised));
+        }
         if !self.tracker_hosts.is_empty() {
             let hosts: Vec<&str> = self
                 .tracker_hosts

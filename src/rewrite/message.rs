@@ -1,38 +1,48 @@
 //! The message filter behind `mailveil filter`, the milter and the rewrite API:
-//! one RFC 5322 message in, one message out, never lost.
+//! one RFC 5322 message in, one message out, never lost, never left live.
 //!
-//! Every HTML part is rewritten by the [`Engine`] through
-//! [`crate::rewrite::mime`], and one `X-Mailveil` header is prepended. Whatever goes wrong — a parser
-//! panic included — the caller gets a [`FilterError`] and passes the original bytes on.
-//! This module does no I/O; reading stdin and writing stdout is `main`'s job.
+//! Every part a client renders as HTML is rewritten by the [`Engine`] through
+//! [`crate::rewrite::mime`], and one `X-Mailveil` header is prepended. The sender writes
+//! the input, so no failure may hand the message on as it came: a part the engine refuses is
+//! neutralised ([`crate::rewrite::neutralise`]), and when the MIME path as a whole cannot be
+//! trusted (a parser error or panic, parts it could not decode, or a part tree that differs
+//! from the line-anchored split clients make, [`crate::rewrite::scan`]) every HTML part the
+//! line-anchored split finds is neutralised instead. Only input with no HTML at all goes on
+//! unchanged. This module does no I/O.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::rewrite::html::{Engine, Report};
-use crate::rewrite::mime::{self, MimeLimits};
+use crate::rewrite::mime::{self, MimeLimits, MimeOutcome};
+use crate::rewrite::neutralise::{neutralise_parts, neutralised_html};
+use crate::rewrite::scan::{self, renders_as_html, ScanError, ScanLimits, ScannedPart};
 
 /// Name of the header added to every rewritten message.
 pub const HEADER_NAME: &str = "X-Mailveil";
 
-/// Attached messages nested deeper than this are not parsed: the MIME parser frees nested
-/// messages recursively, and a stack overflow cannot be contained like a panic.
+/// Attached messages nested deeper than this are not given to the MIME parser: it frees
+/// nested messages recursively, and a stack overflow cannot be contained like a panic.
+/// Such messages take the neutralising path, which does not recurse.
 const MAX_NESTED_MESSAGES: usize = 64;
 
-/// Why a message is passed through unchanged.
+/// How far the line-anchored split follows nested containers. It does not recurse, so this
+/// bounds work, not stack: deep enough for any message a person wrote (the MIME parser
+/// handles 1,000 nested multiparts), shallow enough to stop a sender's pile of 10,000.
+const SCAN_LIMITS: ScanLimits = ScanLimits {
+    max_depth: 2_000,
+    max_parts: 10_000,
+};
+
+/// Why a message goes on unchanged: it is not a message, or mailveil cannot find its parts
+/// at all.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    /// The input has no header section (empty input, binary junk).
+    /// The input has no header section (empty input, binary junk): nothing renders as HTML.
     #[error("not a message: {0}")]
     NotAMessage(String),
-    /// The MIME structure or an HTML part could not be rewritten.
-    #[error("cannot rewrite: {0}")]
-    Rewrite(String),
-    /// More attached messages than the parser can be trusted with (64).
-    #[error("more than {MAX_NESTED_MESSAGES} attached messages")]
-    TooManyMessages,
-    /// A parser panicked on this input; the panic was contained.
-    #[error("internal error while parsing the message (contained)")]
-    Panic,
+    /// Even the line-anchored split gave up (nesting or part count past its limits).
+    #[error("cannot find the parts: {0}")]
+    Unsplittable(ScanError),
 }
 
 /// A rewritten message and what was done to it.
@@ -42,19 +52,28 @@ pub struct Filtered {
     pub message: Vec<u8>,
     /// Counts, tracker hosts and the URLs to prefetch.
     pub report: Report,
-    /// HTML parts rewritten.
+    /// HTML parts seen.
     pub html_parts: usize,
-    /// HTML parts left as they were because they could not be decoded faithfully.
+    /// HTML parts the MIME path left as they were (undecodable); their message was
+    /// neutralised.
     pub skipped_parts: usize,
+    /// Why the message's HTML was neutralised rather than rewritten, if it was.
+    pub fallback: Option<String>,
 }
 
-/// Rewrites every HTML part of `raw` and adds the `X-Mailveil` header.
+/// Rewrites every HTML part of `raw` and adds the `X-Mailveil` header, after removing any
+/// `X-Mailveil` field that came with the message (the sender's, not ours).
 ///
 /// # Errors
-/// [`FilterError`] when the message cannot be rewritten; the caller must then pass `raw`
-/// on unchanged.
+/// [`FilterError`] when `raw` is not a message or its parts cannot be found at all; the
+/// caller must then decide (the filter passes it on: without parts, nothing renders).
 pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
-    let mut filtered = rewrite_parts(engine, raw)?;
+    let stripped = mime::remove_header_fields(raw, HEADER_NAME);
+    let raw = stripped.as_deref().unwrap_or(raw);
+    let mut filtered = match rewrite_parts(engine, raw) {
+        Err(FilterError::Unsplittable(e)) => as_plain_text(raw, &e),
+        other => other?,
+    };
     filtered.message = mime::prepend_header(
         &filtered.message,
         HEADER_NAME,
@@ -70,43 +89,138 @@ pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErr
 /// # Errors
 /// As [`filter_message`].
 pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
-    check_nesting(raw)?;
-    let limits = MimeLimits::default();
-    let mut report = Report::default();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        mime::rewrite_html_parts(raw, &limits, &mut |html: &str| {
-            let rewritten = engine.rewrite(html).map_err(|e| e.to_string())?;
-            report.merge(rewritten.report);
-            Ok(rewritten.html)
-        })
-    }));
-    let outcome = match result {
-        Err(_) => return Err(FilterError::Panic),
-        Ok(Err(mime::MimeError::NoHeaders)) => {
+    let parts = match scan::scan(raw, &SCAN_LIMITS) {
+        Ok(parts) => parts,
+        Err(ScanError::NoHeaders) => {
             return Err(FilterError::NotAMessage("no header section".into()))
         }
-        Ok(Err(e)) => return Err(FilterError::Rewrite(e.to_string())),
+        Err(e) => return Err(FilterError::Unsplittable(e)),
+    };
+    if nested_messages(&parts) > MAX_NESTED_MESSAGES {
+        let reason = format!("it nests more than {MAX_NESTED_MESSAGES} attached messages.");
+        return Ok(neutralise(raw, &parts, &reason));
+    }
+    let mut report = Report::default();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        mime::rewrite_html_parts(raw, &MimeLimits::default(), &mut |html: &str| {
+            Ok(rewrite_or_neutralise(engine, html, &mut report))
+        })
+    }));
+    let outcome = match outcome {
+        Err(_) => {
+            return Ok(neutralise(
+                raw,
+                &parts,
+                "its MIME structure broke the parser.",
+            ))
+        }
+        Ok(Err(e)) => {
+            let reason = format!("its MIME structure could not be rewritten ({e}).");
+            return Ok(neutralise(raw, &parts, &reason));
+        }
         Ok(Ok(outcome)) => outcome,
     };
+    if outcome.skipped_parts > 0 {
+        return Ok(neutralise(raw, &parts, "a part could not be decoded."));
+    }
+    if !same_html_parts(&outcome, raw, &parts) {
+        return Ok(neutralise(
+            raw,
+            &parts,
+            "its parts are split differently by different readers.",
+        ));
+    }
     Ok(Filtered {
         message: outcome.message,
         report,
         html_parts: outcome.html_parts,
-        skipped_parts: outcome.skipped_parts,
+        skipped_parts: 0,
+        fallback: None,
     })
 }
 
-/// Counts `message/rfc822` and `message/global` mentions (an upper bound on attached
-/// messages) without parsing.
-fn check_nesting(raw: &[u8]) -> Result<(), FilterError> {
-    let count = |needle: &[u8]| {
-        raw.windows(needle.len())
-            .filter(|w| w.eq_ignore_ascii_case(needle))
-            .count()
-    };
-    let mentions = count(b"message/rfc822") + count(b"message/global");
-    if mentions > MAX_NESTED_MESSAGES {
-        return Err(FilterError::TooManyMessages);
+/// The engine's rewrite of one HTML document, or its neutralised form when the engine
+/// refuses it (a limit reached on hostile markup).
+fn rewrite_or_neutralise(engine: &Engine, html: &str, report: &mut Report) -> String {
+    match engine.rewrite(html) {
+        Ok(rewritten) => {
+            report.merge(rewritten.report);
+            rewritten.html
+        }
+        Err(_) => {
+            report.neutralised += 1;
+            neutralised_html(html, "This part could not be rewritten safely.")
+        }
     }
-    Ok(())
+}
+
+/// The last resort, for a message whose parts cannot even be found: the whole body shown
+/// as plain text (nothing in plain text loads), every byte of it kept. The top-level
+/// `Content-Type` and `Content-Transfer-Encoding` fields are renamed, not removed, so the
+/// original structure can still be recovered by hand.
+fn as_plain_text(raw: &[u8], error: &ScanError) -> Filtered {
+    const ORIGINAL: &str = "X-Mailveil-Original-";
+    let mut message = raw.to_vec();
+    for name in ["Content-Type", "Content-Transfer-Encoding"] {
+        if let Some(renamed) =
+            mime::rename_header_fields(&message, name, &format!("{ORIGINAL}{name}"))
+        {
+            message = renamed;
+        }
+    }
+    let message = mime::prepend_header(&message, "Content-Transfer-Encoding", "8bit");
+    let message = mime::prepend_header(&message, "Content-Type", "text/plain; charset=utf-8");
+    Filtered {
+        message,
+        report: Report {
+            neutralised: 1,
+            ..Report::default()
+        },
+        html_parts: 0,
+        skipped_parts: 0,
+        fallback: Some(format!(
+            "its parts cannot be found ({error}); shown as plain text."
+        )),
+    }
+}
+
+/// The fallback: every HTML part of the line-anchored split neutralised.
+fn neutralise(raw: &[u8], parts: &[ScannedPart], reason: &str) -> Filtered {
+    let notice = format!("This message could not be rewritten safely: {reason}");
+    let (message, count) = neutralise_parts(raw, parts, &notice);
+    let report = Report {
+        neutralised: count,
+        ..Report::default()
+    };
+    Filtered {
+        message,
+        report,
+        html_parts: count,
+        skipped_parts: 0,
+        fallback: Some(reason.to_owned()),
+    }
+}
+
+/// Attached messages among the parts' ancestors, at the deepest point: what the MIME
+/// parser would recurse through.
+fn nested_messages(parts: &[ScannedPart]) -> usize {
+    parts.iter().map(|p| p.message_depth).max().unwrap_or(0)
+}
+
+/// Whether the MIME parser rewrote exactly the HTML parts a line-anchored split finds in
+/// `raw` (bodies compared without the line breaks around them, which the two delimit
+/// differently).
+fn same_html_parts(outcome: &MimeOutcome, raw: &[u8], parts: &[ScannedPart]) -> bool {
+    let trimmed = |range: &std::ops::Range<usize>| {
+        raw.get(range.clone())
+            .map(|body| body.trim_ascii())
+            .unwrap_or_default()
+    };
+    let scanned: Vec<&[u8]> = parts
+        .iter()
+        .filter(|p| renders_as_html(&p.media_type))
+        .map(|p| trimmed(&p.body))
+        .collect();
+    let parsed: Vec<&[u8]> = outcome.html_bodies.iter().map(trimmed).collect();
+    scanned == parsed
 }

@@ -53,6 +53,10 @@ pub struct MimeOutcome {
     /// encoded nested messages that were undecodable, unparsable or deeper
     /// than [`MimeLimits::max_encoded_depth`].
     pub skipped_parts: usize,
+    /// Body ranges of the HTML parts found in `raw` itself (not inside an encoded attached
+    /// message), as mail-parser delimits them: what the caller checks against a
+    /// line-anchored scan.
+    pub html_bodies: Vec<std::ops::Range<usize>>,
 }
 
 /// Errors of [`rewrite_html_parts`]; on any error the caller should pass the
@@ -104,12 +108,14 @@ pub fn rewrite_html_parts(
         rewrite_html,
         html_parts: 0,
         skipped_parts: 0,
+        html_bodies: Vec::new(),
     };
     let message = walker.rewrite_message(raw, 0, &[])?;
     Ok(MimeOutcome {
         message,
         html_parts: walker.html_parts,
         skipped_parts: walker.skipped_parts,
+        html_bodies: walker.html_bodies,
     })
 }
 
@@ -150,6 +156,66 @@ pub fn prepend_header(raw: &[u8], name: &str, value: &str) -> Vec<u8> {
     out
 }
 
+/// Returns `raw` without the top-level header fields called `name` (any case), folded
+/// continuation lines included; every other byte stays as it was. `None` when there is
+/// none. The header section ends at the first empty line; an mbox postmark line (`From `)
+/// before it is not a field.
+pub fn remove_header_fields(raw: &[u8], name: &str) -> Option<Vec<u8>> {
+    edit_header_fields(raw, name, None)
+}
+
+/// Returns `raw` with the top-level header fields called `name` renamed to `new_name`, their
+/// values and folding as they were. `None` when there is none.
+pub fn rename_header_fields(raw: &[u8], name: &str, new_name: &str) -> Option<Vec<u8>> {
+    edit_header_fields(raw, name, Some(new_name))
+}
+
+/// Removes (`rename` = `None`) or renames the top-level fields called `name`.
+fn edit_header_fields(raw: &[u8], name: &str, rename: Option<&str>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut edited = false;
+    let mut keep = true;
+    let mut at = 0usize;
+    while at < raw.len() {
+        let end = memchr::memchr(b'\n', raw.get(at..).unwrap_or_default())
+            .map_or(raw.len(), |i| at + i + 1);
+        let mut line = raw.get(at..end).unwrap_or_default();
+        if line == b"\n" || line == b"\r\n" {
+            break;
+        }
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            let postmark = at == 0 && line.starts_with(b"From ");
+            let matched = !postmark && is_field(line, name);
+            edited |= matched;
+            keep = !matched || rename.is_some();
+            if let (true, Some(new_name)) = (matched, rename) {
+                out.extend_from_slice(new_name.as_bytes());
+                line = line.get(name.len()..).unwrap_or_default();
+            }
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+        at = end;
+    }
+    if !edited {
+        return None;
+    }
+    out.extend_from_slice(raw.get(at..).unwrap_or_default());
+    Some(out)
+}
+
+/// Whether the header line starts the field `name`.
+fn is_field(line: &[u8], name: &str) -> bool {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
+    let field = line.get(..colon).unwrap_or_default();
+    let field = field.trim_ascii_end();
+    field.eq_ignore_ascii_case(name.as_bytes())
+}
+
 /// CRLF if the first line of `raw` ends in CRLF, else LF.
 fn first_line_ending(raw: &[u8]) -> &'static [u8] {
     match raw.iter().position(|&b| b == b'\n') {
@@ -171,7 +237,7 @@ enum Transfer {
 
 /// What a leaf part is to us.
 enum PartKind {
-    /// A `text/html` part.
+    /// A part a client renders as HTML (`text/html` and its kin).
     Html,
     /// A `message/rfc822` (or `message/global`) part that is base64/QP encoded.
     EncodedMessage(Transfer),
@@ -192,6 +258,7 @@ struct Walker<'a> {
     rewrite_html: &'a mut dyn FnMut(&str) -> Result<String, String>,
     html_parts: usize,
     skipped_parts: usize,
+    html_bodies: Vec<std::ops::Range<usize>>,
 }
 
 impl Walker<'_> {
@@ -215,7 +282,13 @@ impl Walker<'_> {
         let mut edits = Vec::new();
         for part in tree.leaves {
             let edit = match classify(part) {
-                PartKind::Html => self.html_edit(raw, part, &markers)?,
+                PartKind::Html => {
+                    if depth == 0 {
+                        let (start, end) = body_span(raw, part)?;
+                        self.html_bodies.push(start..end);
+                    }
+                    self.html_edit(raw, part, &markers)?
+                }
                 PartKind::EncodedMessage(transfer) => {
                     self.nested_edit(raw, part, transfer, depth, &markers)?
                 }
@@ -382,7 +455,12 @@ fn classify(part: &MessagePart<'_>) -> PartKind {
                     .is_some_and(|s| subs.iter().any(|x| s.eq_ignore_ascii_case(x)))
         })
     };
-    if is_type("text", &["html"]) {
+    // Every type a mail client renders as HTML: Apple Watch's and AMP's alternatives too.
+    if is_type(
+        "text",
+        &["html", "watch-html", "x-watch-html", "x-amp-html"],
+    ) || is_type("application", &["xhtml+xml"])
+    {
         return PartKind::Html;
     }
     let is_message =
@@ -1305,5 +1383,43 @@ epilogue
                 assert_only_html_marked(&raw, &out.message);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod remove_header_tests {
+    use super::remove_header_fields;
+
+    #[test]
+    fn removes_every_field_of_the_name_with_its_continuations() {
+        let raw = b"From a@b Mon\nX-Mailveil: forged\nSubject: hi\nx-mailveil : also\n  folded\nTo: c\n\nX-Mailveil: in the body\n";
+        let out = remove_header_fields(raw, "X-Mailveil").unwrap();
+        assert_eq!(
+            out,
+            b"From a@b Mon\nSubject: hi\nTo: c\n\nX-Mailveil: in the body\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn renames_keep_values_and_folding() {
+        let raw = b"Content-Type: multipart/mixed;\r\n boundary=x\r\nTo: c\r\n\r\nbody";
+        let out = super::rename_header_fields(raw, "content-type", "X-Original-Content-Type");
+        assert_eq!(
+            out.unwrap(),
+            b"X-Original-Content-Type: multipart/mixed;\r\n boundary=x\r\nTo: c\r\n\r\nbody"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn leaves_messages_without_the_field_alone() {
+        assert_eq!(
+            remove_header_fields(b"Subject: x\r\n\r\nbody", "X-Mailveil"),
+            None
+        );
+        assert_eq!(
+            remove_header_fields(b"X-Mailveiled: x\r\n\r\n", "X-Mailveil"),
+            None
+        );
     }
 }

@@ -8,4 +8,6 @@ pub mod css;
 pub mod html;
 pub mod message;
 pub mod mime;
+pub mod neutralise;
+pub mod scan;
 pub mod trackers;
