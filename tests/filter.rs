@@ -338,3 +338,138 @@ fn a_forged_report_is_replaced_by_ours() {
     assert_eq!(out.matches("X-Mailveil:").count(), 1, "{out}");
     assert!(out.starts_with("X-Mailveil: proxied=1"), "{out}");
 }
+
+/// Issue 11: the HTML a neutralised part carries has only mailveil's own frame tags, so
+/// nothing in it can load, whatever the sender wrote.
+fn assert_inert(html: &str) {
+    let allowed = [
+        "!DOCTYPE html",
+        "html",
+        "/html",
+        "body",
+        "/body",
+        "p",
+        "/p",
+        "b",
+        "/b",
+        "div",
+        "/div",
+        "br",
+    ];
+    for tag in html.split('<').skip(1) {
+        let name = tag.split('>').next().unwrap_or_default();
+        assert!(allowed.contains(&name), "a live tag <{name}> in {html}");
+    }
+    assert!(html.contains("nothing in it was loaded"), "{html}");
+}
+
+/// The bodies of the `text/html` parts of an LF or CRLF message split at `--boundary`
+/// (the test messages have one level).
+fn html_bodies<'a>(message: &'a str, boundary: &str) -> Vec<&'a str> {
+    message
+        .split(&format!("--{boundary}"))
+        .filter(|p| p.contains("Content-Type: text/html"))
+        .filter_map(|p| p.split_once("\r\n\r\n").map(|(_, body)| body))
+        .collect()
+}
+
+#[test]
+fn more_html_parts_than_the_limit_are_neutralised_not_passed() {
+    // Issue 11: the 257th text/html part used to make the filter pass the whole message.
+    let mut message =
+        String::from("From: a@b.example\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n");
+    message.push_str(&format!(
+        "--x\r\nContent-Type: text/plain\r\n\r\n{TEXT_PART}"
+    ));
+    for i in 0..257 {
+        message.push_str(&format!(
+            "--x\r\nContent-Type: text/html\r\n\r\n<img src=\"https://p{i}.remote.test/o.gif\">\r\n"
+        ));
+    }
+    message.push_str("--x--\r\n");
+    let (out, err, code) = run_filter(message.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).expect("utf-8");
+    assert!(
+        out.starts_with("X-Mailveil: proxied=0; trackers=0; removed=0; neutralised=257"),
+        "{}",
+        &out[..120]
+    );
+    let bodies = html_bodies(&out, "x");
+    assert_eq!(bodies.len(), 257);
+    bodies.iter().for_each(|b| assert_inert(b));
+    assert_contains(out.as_bytes(), TEXT_PART.as_bytes(), "the text part");
+}
+
+#[test]
+fn an_image_after_a_mid_line_boundary_is_not_left_live() {
+    // Issue 11: mail-parser ended the part at a `--x` in the middle of a line, clients do
+    // not; the <img> after it was never rewritten and the client loaded it.
+    for hiding in ["text --x more", "<!--x-->"] {
+        let message = format!(
+            "From: a@b.example\r\nContent-Type: multipart/alternative; boundary=x\r\n\r\n\
+             --x\r\nContent-Type: text/plain\r\n\r\n{TEXT_PART}\
+             --x\r\nContent-Type: text/html\r\n\r\n<p>{hiding}</p><img src=\"https://hidden.remote.test/o.gif\">\r\n\
+             --x--\r\n"
+        );
+        let (out, err, code) = run_filter(message.as_bytes());
+        assert_eq!(code, 0, "{err}");
+        let out = String::from_utf8(out).expect("utf-8");
+        let bodies = html_bodies(&out, "x");
+        assert_eq!(bodies.len(), 1, "{out}");
+        let body = bodies[0];
+        // Rewritten (the image proxied) or neutralised: never the sender's live URL.
+        if body.contains("nothing in it was loaded") {
+            assert_inert(body);
+        } else {
+            assert!(leaks(body, &[]).is_empty(), "{hiding}: {body}");
+        }
+        assert_contains(out.as_bytes(), TEXT_PART.as_bytes(), "the text part");
+    }
+}
+
+#[test]
+fn html_past_the_rewriters_memory_limit_is_neutralised() {
+    // Issue 11: ~300,000 nested inline elements exceeded lol_html's memory limit and the
+    // message went on untouched.
+    let html = format!(
+        "{}<img src=\"https://deep.remote.test/o.gif\">",
+        "<b>".repeat(300_000)
+    );
+    let message = format!("From: a@b.example\r\nContent-Type: text/html\r\n\r\n{html}\r\n");
+    let (out, err, code) = run_filter(message.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).expect("utf-8");
+    let (head, body) = out.split_once("\r\n\r\n").expect("headers");
+    if head.contains("neutralised=1") {
+        assert_inert(body);
+    } else {
+        assert!(
+            leaks(body, &[]).is_empty(),
+            "rewritten, then, with no live reference"
+        );
+    }
+}
+
+#[test]
+fn apple_watch_and_amp_alternatives_are_rewritten_too() {
+    for media_type in [
+        "text/watch-html",
+        "text/x-amp-html",
+        "application/xhtml+xml",
+    ] {
+        let message = format!(
+            "From: a@b.example\r\nContent-Type: multipart/alternative; boundary=x\r\n\r\n\
+             --x\r\nContent-Type: {media_type}\r\n\r\n<img src=\"https://watch.remote.test/o.gif\">\r\n\
+             --x--\r\n"
+        );
+        let (out, err, code) = run_filter(message.as_bytes());
+        assert_eq!(code, 0, "{err}");
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(leaks(&out, &[]).is_empty(), "{media_type}: {out}");
+        assert!(
+            out.starts_with("X-Mailveil: proxied=1"),
+            "{media_type}: {out}"
+        );
+    }
+}

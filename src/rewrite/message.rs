@@ -216,6 +216,10 @@ fn same_html_parts(outcome: &MimeOutcome, raw: &[u8], parts: &[ScannedPart]) -> 
             .map(|body| body.trim_ascii())
             .unwrap_or_default()
     };
+    // A multipart the split could not open may hide HTML that some reader does find.
+    if parts.iter().any(|p| p.media_type.starts_with("multipart/")) {
+        return false;
+    }
     let scanned: Vec<&[u8]> = parts
         .iter()
         .filter(|p| renders_as_html(&p.media_type))

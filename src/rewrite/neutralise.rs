@@ -58,13 +58,26 @@ fn push_inert(out: &mut String, text: &str) {
     }
 }
 
-/// Replaces the body of every part in `parts` that a client renders as HTML with its
-/// neutralised form. Returns the new message and how many parts were neutralised.
+/// Whether the fallback must neutralise a part of this type: one a client renders as HTML,
+/// and the leaves that may hide one from the line-anchored split: a multipart it could not
+/// split, an attached message in a transfer encoding (clients decode it and show it inline).
+pub fn may_render_html(media_type: &str) -> bool {
+    renders_as_html(media_type)
+        || media_type.starts_with("multipart/")
+        || matches!(
+            media_type,
+            "message/rfc822" | "message/global" | "message/news"
+        )
+}
+
+/// Replaces the body of every part in `parts` that may render as HTML
+/// ([`may_render_html`]) with its neutralised form. Returns the new message and how many
+/// parts were neutralised.
 pub fn neutralise_parts(raw: &[u8], parts: &[ScannedPart], reason: &str) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(raw.len());
     let mut copied = 0usize;
     let mut count = 0usize;
-    for part in parts.iter().filter(|p| renders_as_html(&p.media_type)) {
+    for part in parts.iter().filter(|p| may_render_html(&p.media_type)) {
         let Some(body) = raw.get(part.body.clone()) else {
             continue;
         };
