@@ -484,10 +484,10 @@ fn transfer_of(part: &MessagePart<'_>) -> Option<Transfer> {
         Some(Transfer::Base64)
     } else if is("quoted-printable") {
         Some(Transfer::QuotedPrintable)
-    } else if cte.is_empty() || is("7bit") || is("8bit") || is("binary") {
-        Some(Transfer::Identity)
     } else {
-        None
+        // 7bit, 8bit, binary, and every made-up value (`8bit+`, `Hexa`, `x-uuencode`):
+        // clients show the bytes as they are, so that is what is rewritten.
+        Some(Transfer::Identity)
     }
 }
 
@@ -554,14 +554,19 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// Decodes base64 ignoring all ASCII whitespace; `None` on any other junk.
+/// Decodes base64 ignoring ASCII whitespace and, as RFC 2045 §6.8 tells decoders (and as
+/// clients do), any other character outside the alphabet.
 fn decode_base64(body: &[u8]) -> Option<Vec<u8>> {
     let compact: Vec<u8> = body
         .iter()
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    LENIENT_BASE64.decode(compact).ok()
+    LENIENT_BASE64.decode(&compact).ok().or_else(|| {
+        Some(crate::rewrite::neutralise::decode_base64_leniently(
+            &compact,
+        ))
+    })
 }
 
 /// Encodes base64 with the original's line width, line ending and leading
@@ -688,22 +693,43 @@ fn encode_qp(data: &[u8], eol: &[u8]) -> Vec<u8> {
 /// x-user-defined for bogus names (it maps every byte to a distinct
 /// character and back, keeping ASCII markup readable), and for a missing
 /// one UTF-8 if valid, else windows-1252.
-fn pick_charset(label: Option<&str>, bytes: &[u8]) -> &'static Encoding {
+fn pick_charset(label: Option<&str>, bytes: &[u8]) -> Option<&'static Encoding> {
     match label.map(str::trim).filter(|l| !l.is_empty()) {
+        // A charset a client may decode into markup that is not in the bytes as ASCII
+        // (UTF-7's `+ADw-`, UTF-32): the part cannot be rewritten, its message is
+        // neutralised.
+        Some(label) if hides_markup(label) => None,
+        // Other unknown labels (`unknown-8bit`, typos) are read byte by byte, as clients
+        // fall back to an ASCII-compatible default for them.
         Some(label) => {
-            Encoding::for_label_no_replacement(label.as_bytes()).unwrap_or(X_USER_DEFINED)
+            Some(Encoding::for_label_no_replacement(label.as_bytes()).unwrap_or(X_USER_DEFINED))
         }
-        None if std::str::from_utf8(bytes).is_ok() => UTF_8,
-        None => WINDOWS_1252,
+        None if std::str::from_utf8(bytes).is_ok() => Some(UTF_8),
+        None => Some(WINDOWS_1252),
     }
+}
+
+/// Whether a charset label names an encoding encoding_rs does not know and that spells
+/// markup in bytes other than ASCII's.
+fn hides_markup(label: &str) -> bool {
+    let label = label.to_ascii_lowercase().replace(['-', '_'], "");
+    ["utf7", "utf32", "ucs2", "ucs4", "10646"]
+        .iter()
+        .any(|bad| label.contains(bad))
+        && Encoding::for_label_no_replacement(label.as_bytes()).is_none()
 }
 
 /// Decodes `bytes` to text with a charset that round-trips exactly: the
 /// picked one if encoding the decoded text gives back the same bytes, else
 /// x-user-defined. `None` only if even that fails (it should not).
 fn decode_text(label: Option<&str>, bytes: &[u8]) -> Option<(String, &'static Encoding)> {
-    let picked = pick_charset(label, bytes);
-    [picked, X_USER_DEFINED].into_iter().find_map(|charset| {
+    let picked = pick_charset(label, bytes)?;
+    // Bytes that are not valid in the declared charset are read one byte per character
+    // (x-user-defined): a client decoding an ASCII-compatible charset sees the same markup.
+    // Not for UTF-16, whose markup is two bytes a character: broken UTF-16 (an odd length)
+    // read byte by byte would hide a `<` the client still decodes.
+    let fallback = (picked != UTF_16LE && picked != UTF_16BE).then_some(X_USER_DEFINED);
+    std::iter::once(picked).chain(fallback).find_map(|charset| {
         let text = charset.decode_without_bom_handling_and_without_replacement(bytes)?;
         (encode_text(charset, &text) == bytes).then(|| (text.into_owned(), charset))
     })
@@ -1071,12 +1097,43 @@ epilogue
     }
 
     #[test]
-    fn unknown_transfer_encoding_and_bad_base64_are_skipped() {
-        let raw =
-            crlf("Content-Type: text/html\nContent-Transfer-Encoding: x-uuencode\n\n<p>x</p>\n");
+    fn unknown_transfer_encodings_and_stray_base64_are_read_as_clients_do() {
+        // Issue 11: clients show a made-up transfer encoding's bytes as they are and skip
+        // characters outside the base64 alphabet; so does the rewrite, instead of leaving
+        // the part (and its references) as it was.
+        for cte in ["x-uuencode", "8bit+", "Hexa", "base-64"] {
+            let raw = crlf(&format!(
+                "Content-Type: text/html\nContent-Transfer-Encoding: {cte}\n\n<p>x</p>\n"
+            ));
+            let out = run(&raw).unwrap();
+            assert_eq!(out.skipped_parts, 0, "{cte}");
+            assert_ne!(out.message, raw, "{cte}: rewritten");
+            assert!(out.message.ends_with(b"<!--mv-->"), "{cte}");
+        }
+        let html = base64::engine::general_purpose::STANDARD.encode("<p>x</p>");
+        let stray = format!("{}!{}", &html[..4], &html[4..]);
+        let raw = crlf(&format!(
+            "Content-Type: text/html\nContent-Transfer-Encoding: base64\n\n{stray}\n"
+        ));
         let out = run(&raw).unwrap();
-        assert_eq!((out.message, out.skipped_parts), (raw, 1));
-        let raw = crlf("Content-Type: text/html\nContent-Transfer-Encoding: base64\n\nP!!!Aa\n");
+        assert_eq!(out.skipped_parts, 0);
+        assert_ne!(out.message, raw);
+    }
+
+    #[test]
+    fn charsets_that_hide_markup_are_not_rewritten_blind() {
+        // UTF-7 and UTF-32 spell `<` in bytes the rewriter would not see; broken UTF-16
+        // (an odd length) read byte by byte would too. Such parts are skipped, and the
+        // message filter then neutralises them.
+        for charset in ["utf-7", "UNICODE-1-1-UTF-7", "utf-32", "ucs-4"] {
+            let raw = crlf(&format!(
+                "Content-Type: text/html; charset={charset}\n\n+ADw-img src=x+AD4-\n"
+            ));
+            let out = run(&raw).unwrap();
+            assert_eq!((out.message, out.skipped_parts), (raw, 1), "{charset}");
+        }
+        let mut raw = crlf("Content-Type: text/html; charset=utf-16le\n\n").to_vec();
+        raw.extend_from_slice(b"<\0i\0m\0g\0>");
         let out = run(&raw).unwrap();
         assert_eq!((out.message, out.skipped_parts), (raw, 1));
     }
