@@ -385,3 +385,53 @@ async fn permanent_failures_end_the_job() {
     assert_eq!(up.hits("/gone.png"), 1, "a 404 is not retried");
     assert_eq!(up.hits("/page.png"), 1, "refused content is not retried");
 }
+
+#[tokio::test]
+async fn a_prefetch_refused_on_purpose_is_not_retried_when_the_mail_is_opened() {
+    // Issue 11: a sender who answers the delivery-time fetch with 404, 503 or silence used
+    // to learn the open time after all, from the fetch the reader's open made.
+    let up = sender(Duration::ZERO).await;
+    up.route("/refused.png", Route::Status(404));
+    up.route("/busy.png", Route::Status(503));
+    up.route("/silent.png", Route::Drip(Duration::from_secs(5)));
+    let setup = Sandbox::serving(&format!(
+        "[prefetch]\npoll_interval_ms = 100\nretry_base_secs = 1\nmax_attempts = 2\n\
+         [fetch]\nallow_networks = [\"127.0.0.1/32\"]\nuser_agent = \"{UA}\"\ntimeout_secs = 2\n"
+    ));
+    let _serve = setup.serve_healthy().await;
+    let paths = ["/refused.png", "/busy.png", "/silent.png"];
+    let imgs: String = paths
+        .iter()
+        .map(|p| format!("<img src=\"{}\">", up.url(p)))
+        .collect();
+    let rewritten = filter(
+        &setup,
+        &format!("From: a@b.example\r\nContent-Type: text/html\r\n\r\n{imgs}\r\n"),
+    );
+    wait_until("the job to end", Duration::from_secs(30), || {
+        setup.jobs() == 0
+    })
+    .await;
+    let delivered = up.log().len();
+    assert!(delivered >= 3, "each was tried at delivery");
+    // The sender now answers, hoping to see the open.
+    for path in paths {
+        up.route(path, Route::body("image/png", png(3, 3)));
+    }
+    let urls = proxy_urls_at(&rewritten, &setup.base());
+    assert_eq!(urls.len(), 3, "{rewritten}");
+    for url in &urls {
+        let got = get(url).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.headers["content-type"], "image/gif", "the placeholder");
+    }
+    assert_eq!(
+        up.log().len(),
+        delivered,
+        "no request reached the sender after delivery"
+    );
+    assert_eq!(
+        metric(&setup.base(), "mailveil_open_time_fetches_total").await,
+        0.0
+    );
+}

@@ -194,6 +194,14 @@ async fn prefetch_url(
             let _global = limits.global.acquire().await;
             state.load(&target).await
         };
+        if result.is_err() && attempt == 1 {
+            // Tried at delivery and failed: from now on a reader's open gets the
+            // placeholder, so a sender who refuses the proxy on purpose still learns
+            // nothing. A later retry that succeeds fills the cache, which readers hit first.
+            if let Err(e) = state.cache.mark_refused(target.url().as_str()).await {
+                tracing::warn!(%host, url = %tag, error = %e, "cannot mark a failed prefetch");
+            }
+        }
         match result {
             Ok(_) => {
                 state.metrics.prefetch_url(true);

@@ -27,7 +27,7 @@ use crate::metrics::{FetchResult, Metrics, Outcome};
 use crate::proxy::cache::{Cache, Entry, NewEntry, Source};
 use crate::proxy::content::{ContentError, ContentPolicy};
 use crate::proxy::fetch::{FetchError, Fetcher};
-use crate::sign::{FetchTarget, Signer};
+use crate::sign::{FetchTarget, SignedUrl, Signer};
 use crate::swap::Swap;
 use crate::urltag::UrlTag;
 
@@ -135,6 +135,31 @@ impl ProxyState {
     }
 }
 
+impl ProxyState {
+    /// What a reader's open gets: the cached entry, else a fetch now, unless the
+    /// delivery-time fetch of this URL was tried and failed
+    /// ([`ProxyError::RefusedAtDelivery`]). The check runs only on a miss, inside the
+    /// coalesced fetch, so hits pay nothing for it.
+    ///
+    /// # Errors
+    /// The shared [`ProxyError`] of the fetch, or `RefusedAtDelivery`.
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        signed: &SignedUrl,
+    ) -> Result<(Arc<Entry>, Source), Arc<ProxyError>> {
+        let state = self.clone();
+        let target = signed.target().clone();
+        self.cache
+            .get_or_fetch(signed.target().as_str(), move || async move {
+                if state.cache.is_refused(target.as_str()).await {
+                    return Err(ProxyError::RefusedAtDelivery);
+                }
+                fetch_and_check(state, target).await
+            })
+            .await
+    }
+}
+
 /// Why an image request failed. Mapped to a status code in [`ProxyError::status`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
@@ -147,6 +172,11 @@ pub enum ProxyError {
     /// The blocking sanitiser task failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// The delivery-time fetch of this URL was tried and failed; a reader's open does not
+    /// try again (the sender, who may refuse the proxy on purpose, would learn the open
+    /// time). The reader gets the placeholder.
+    #[error("refused at delivery; not fetched when opened")]
+    RefusedAtDelivery,
 }
 
 impl ProxyError {
@@ -163,6 +193,7 @@ impl ProxyError {
             },
             ProxyError::Content(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RefusedAtDelivery => StatusCode::NOT_FOUND,
         }
     }
 
@@ -170,7 +201,7 @@ impl ProxyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProxyError::Fetch(e) => e.is_transient(),
-            ProxyError::Content(_) => false,
+            ProxyError::Content(_) | ProxyError::RefusedAtDelivery => false,
             ProxyError::Internal(_) => true,
         }
     }

@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{OnMiss, ProxyState};
+use super::{OnMiss, ProxyError, ProxyState};
 use crate::http::{add_security_headers, plain, Body};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::cache::{Entry, Source};
@@ -93,7 +93,7 @@ async fn serve_target(
         };
         return cached_response(state, &entry, req, Outcome::Hit);
     }
-    let result = state.load(signed).await;
+    let result = state.open(signed).await;
     match result {
         Ok((entry, source)) => {
             let outcome = match source {
@@ -105,6 +105,11 @@ async fn serve_target(
             record_source(&state.metrics, source);
             tracing::debug!(host = host(), url = %url_hash(), ?outcome, "served");
             cached_response(state, &entry, req, outcome)
+        }
+        Err(e) if matches!(*e, ProxyError::RefusedAtDelivery) => {
+            tracing::debug!(host = host(), url = %url_hash(), "refused at delivery: placeholder");
+            state.metrics.placeholder();
+            (placeholder(), Outcome::Placeholder)
         }
         Err(e) => {
             tracing::debug!(host = host(), url = %url_hash(), error = %e, "proxy request failed");

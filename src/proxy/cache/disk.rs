@@ -30,6 +30,8 @@ use crate::fsutil::{self, Durability, TMP_PREFIX};
 const OBJECTS_DIR: &str = "objects";
 /// Subdirectory holding index records.
 const INDEX_DIR: &str = "index";
+/// Subdirectory holding the marks of URLs whose delivery-time fetch failed.
+const REFUSED_DIR: &str = "refused";
 /// Mode of every directory of the store.
 const DIR_MODE: u32 = 0o700;
 /// Mode of every file of the store.
@@ -80,6 +82,17 @@ impl Layout {
     pub(super) fn record_path(&self, key: &Key) -> PathBuf {
         fan_out(&self.index(), key)
     }
+
+    /// Directory of the refused marks.
+    pub(super) fn refused(&self) -> PathBuf {
+        self.root.join(REFUSED_DIR)
+    }
+
+    /// Where the mark of a URL whose delivery-time fetch failed lives: an empty file, its
+    /// modification time the time of the failure.
+    pub(super) fn refused_path(&self, key: &Key) -> PathBuf {
+        fan_out(&self.refused(), key)
+    }
 }
 
 /// `base/ab/abcd…`: a two-hex-digit fan-out keeps directories small.
@@ -121,6 +134,42 @@ fn write_file(target: &Path, data: &[u8]) -> Result<(), CacheError> {
         create_private_dir(dir)?;
     }
     fsutil::replace(target, data, FILE_MODE, Durability::Unsynced).map_err(io_error(target))
+}
+
+/// Marks the URL key as refused at delivery (an empty file; a second mark refreshes its
+/// time).
+pub(super) fn mark_refused_blocking(layout: &Layout, key: &Key) -> Result<(), CacheError> {
+    write_file(&layout.refused_path(key), b"")
+}
+
+/// Whether the URL key carries a refused mark.
+pub(super) fn is_refused_blocking(layout: &Layout, key: &Key) -> bool {
+    layout.refused_path(key).is_file()
+}
+
+/// Removes refused marks older than `max_age`; returns how many went.
+pub(super) fn sweep_refused_blocking(
+    layout: &Layout,
+    max_age: std::time::Duration,
+) -> Result<u64, CacheError> {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0u64;
+    let base = layout.refused();
+    if !base.is_dir() {
+        return Ok(0);
+    }
+    for_each_file(&base, |path, _name| {
+        let old = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > max_age);
+        if old && remove_if_exists(path)? {
+            removed += 1;
+        }
+        Ok(())
+    })?;
+    Ok(removed)
 }
 
 /// Reads at most `limit + 1` bytes, so an oversized file is detectable

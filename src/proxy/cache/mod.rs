@@ -36,7 +36,10 @@ use bytes::Bytes;
 use tokio::sync::{OnceCell, RwLock};
 use tracing::{debug, warn};
 
-use self::disk::{read_entry, store_blocking, Layout};
+use self::disk::{
+    is_refused_blocking, mark_refused_blocking, read_entry, store_blocking, sweep_refused_blocking,
+    Layout,
+};
 pub use self::evict::EvictStats;
 use self::evict::{evict_blocking, Policy};
 use self::memory::MemoryTier;
@@ -280,8 +283,33 @@ impl Cache {
         .await?;
         let stats = outcome.stats;
         self.inner.memory().forget(&outcome);
+        let layout = self.inner.layout.clone();
+        let max_age = self.inner.config.max_age;
+        let marks = run_blocking(move || sweep_refused_blocking(&layout, max_age)).await?;
+        debug!(refused_marks_removed = marks, "refused marks swept");
         debug!(?stats, "eviction done");
         Ok(stats)
+    }
+
+    /// Marks `url` as refused at delivery: its delivery-time fetch was tried and failed, so a
+    /// reader's open must not fetch it (the sender would learn the open time). Kept as
+    /// long as entries are (`max_age`).
+    ///
+    /// # Errors
+    /// A failure to write the mark.
+    pub async fn mark_refused(&self, url: &str) -> Result<(), CacheError> {
+        let key = url_key(url);
+        let layout = self.inner.layout.clone();
+        run_blocking(move || mark_refused_blocking(&layout, &key)).await
+    }
+
+    /// Whether `url` was marked refused ([`Cache::mark_refused`]).
+    pub async fn is_refused(&self, url: &str) -> bool {
+        let key = url_key(url);
+        let layout = self.inner.layout.clone();
+        run_blocking(move || Ok(is_refused_blocking(&layout, &key)))
+            .await
+            .unwrap_or(false)
     }
 
     /// Memory, then disk; a disk hit is promoted into memory.
@@ -408,6 +436,27 @@ mod tests {
     use crate::proxy::cache::disk::read_record;
     use crate::proxy::cache::record::FALLBACK_CONTENT_TYPE;
     use crate::proxy::cache::testing::{has_record, image, layout, open, put};
+
+    #[tokio::test]
+    async fn refused_marks_survive_a_restart_and_age_out() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let url = "https://tracker.example/p.gif?u=alice";
+        let cache = open(tmp.path());
+        assert!(!cache.is_refused(url).await);
+        cache.mark_refused(url).await.expect("mark");
+        assert!(cache.is_refused(url).await);
+        assert!(!cache.is_refused("https://tracker.example/other").await);
+        let marks = crate::proxy::cache::testing::files_under(&layout(&cache).refused());
+        assert_eq!(marks.len(), 1);
+        let name = marks[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.contains("tracker"), "the URL is not on disk in clear");
+        let cache = open(tmp.path());
+        assert!(cache.is_refused(url).await, "kept across a restart");
+        let none = Duration::ZERO;
+        let removed = sweep_refused_blocking(layout(&cache), none).expect("sweep");
+        assert_eq!(removed, 1);
+        assert!(!cache.is_refused(url).await);
+    }
 
     #[tokio::test]
     async fn put_then_get_from_memory_then_disk_after_restart() {
