@@ -70,6 +70,8 @@ pub enum MilterOutcome {
     TooLarge,
     /// Could not be rewritten; passed unchanged or tempfailed per `milter.on_error`.
     Failed,
+    /// Its parts could not be found; shown as plain text (nothing in it loads).
+    Neutralised,
 }
 
 impl MilterOutcome {
@@ -80,6 +82,7 @@ impl MilterOutcome {
             MilterOutcome::Unchanged => "unchanged",
             MilterOutcome::TooLarge => "too_large",
             MilterOutcome::Failed => "failed",
+            MilterOutcome::Neutralised => "neutralised",
         }
     }
 }

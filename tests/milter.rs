@@ -27,6 +27,14 @@ fn too_many_parts() -> Vec<u8> {
     message
 }
 
+/// A message from a confused client that never announces the end of its headers: the
+/// milter cannot tell its body from its header section and cannot rewrite it.
+fn without_end_of_header() -> Sent {
+    let mut sent = Sent::parse(b"From: a@sender.example\r\nSubject: x\r\n\r\nbody\r\n");
+    sent.end_of_header = false;
+    sent
+}
+
 #[tokio::test]
 async fn milter_rewrites_html_in_chunks_and_keeps_the_rest() {
     let milter = Milter::start("").await;
@@ -122,18 +130,43 @@ async fn milter_passes_plain_large_and_broken_messages() {
         "{response:?}"
     );
 
-    // Cannot be rewritten (more parts than can be followed).
-    let nested = too_many_parts();
-    let response = converse(&milter.addr, &Sent::parse(&nested)).await;
+    // Cannot be rewritten (no end of the header section).
+    let response = converse(&milter.addr, &without_end_of_header()).await;
     assert!(
         is_continue(&response) && response.modifications().is_empty(),
         "{response:?}"
+    );
+
+    // Issue 11: its parts cannot be found (more than can be followed); passing it on
+    // would leave any HTML live, so it is shown as plain text, every body byte kept.
+    let unsplittable = too_many_parts();
+    let response = converse(&milter.addr, &Sent::parse(&unsplittable)).await;
+    let Changes { body, added, .. } = replacement(&response);
+    assert!(is_continue(&response) && body.is_none(), "{response:?}");
+    let added: Vec<(&str, &str)> = added
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        added,
+        vec![
+            (
+                "X-Mailveil-Original-Content-Type",
+                "multipart/mixed; boundary=x"
+            ),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Transfer-Encoding", "8bit"),
+            (
+                "X-Mailveil",
+                "proxied=0; trackers=0; removed=0; neutralised=1"
+            ),
+        ]
     );
     assert_eq!(milter.sandbox.jobs(), 0);
 
     let metrics = get(&format!("{}/metrics", milter.sandbox.base())).await;
     let text = String::from_utf8_lossy(&metrics.body);
-    for outcome in ["unchanged", "too_large", "failed"] {
+    for outcome in ["unchanged", "too_large", "failed", "neutralised"] {
         assert!(
             text.contains(&format!(
                 "mailveil_milter_messages_total{{outcome=\"{outcome}\"}} 1"
@@ -146,8 +179,7 @@ async fn milter_passes_plain_large_and_broken_messages() {
 #[tokio::test]
 async fn milter_tempfails_when_configured() {
     let milter = Milter::start("on_error = \"tempfail\"\n").await;
-    let nested = too_many_parts();
-    let response = converse(&milter.addr, &Sent::parse(&nested)).await;
+    let response = converse(&milter.addr, &without_end_of_header()).await;
     assert!(
         matches!(response.final_action(), Action::Tempfail(_)),
         "{response:?}"

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::spool::Spool;
 use crate::delivery::{queue_prefetch, SharedEngine};
 use crate::metrics::{Metrics, MilterOutcome};
-use crate::rewrite::message::{rewrite_parts, Filtered, HEADER_NAME};
+use crate::rewrite::message::{rewrite_parts, FilterError, Filtered, HEADER_NAME};
 
 /// Where the milter listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +123,22 @@ struct Session {
     too_large: bool,
     /// `X-Mailveil` fields that came with the message: the sender's, not ours.
     incoming_reports: u32,
+    /// The top-level `Content-Type` and `Content-Transfer-Encoding` fields as received:
+    /// name, index among the fields of that name (from 1), value. Renamed when a message
+    /// whose parts cannot be found is shown as plain text.
+    content_fields: Vec<(&'static str, u32, Vec<u8>)>,
 }
+
+/// Why a message was not rewritten.
+enum Failure {
+    /// Its parts cannot be found at all: shown as plain text instead.
+    Unsplittable(String),
+    /// Anything else: `milter.on_error` decides.
+    Other(String),
+}
+
+/// The top-level fields that say how a body is read; renamed when it is shown as text.
+const CONTENT_FIELDS: [&str; 2] = ["Content-Type", "Content-Transfer-Encoding"];
 
 impl Session {
     fn new(state: Arc<MilterState>) -> Self {
@@ -134,6 +149,7 @@ impl Session {
             body_start: None,
             too_large: false,
             incoming_reports: 0,
+            content_fields: Vec::new(),
         }
     }
 
@@ -142,6 +158,7 @@ impl Session {
         self.body_start = None;
         self.too_large = false;
         self.incoming_reports = 0;
+        self.content_fields.clear();
     }
 
     /// Appends to the held message unless that would pass the size bound.
@@ -180,9 +197,13 @@ impl Session {
         // there surfaces as a join error and takes the failure path like any other error.
         let result = tokio::task::spawn_blocking(move || {
             let engine = state.engine.get();
-            let filtered = rewrite_parts(&engine, &message).map_err(|e| e.to_string())?;
+            let filtered = rewrite_parts(&engine, &message).map_err(|e| match e {
+                FilterError::Unsplittable(e) => Failure::Unsplittable(e.to_string()),
+                e => Failure::Other(e.to_string()),
+            })?;
             if filtered.message.get(..body_start) != message.get(..body_start) {
-                return Err("the header section changed while rewriting".to_owned());
+                let reason = "the header section changed while rewriting".to_owned();
+                return Err(Failure::Other(reason));
             }
             queue_prefetch(&state.spool, &filtered.report);
             let changed = filtered.message[body_start..] != message[body_start..];
@@ -191,8 +212,53 @@ impl Session {
         .await;
         match result {
             Ok(Ok((filtered, changed))) => self.modifications(&filtered, body_start, changed),
-            Ok(Err(reason)) => self.failure(&reason),
+            Ok(Err(Failure::Unsplittable(reason))) => self.as_plain_text(&reason),
+            Ok(Err(Failure::Other(reason))) => self.failure(&reason),
             Err(_) => self.failure("internal error while rewriting (contained)"),
+        }
+    }
+
+    /// A message whose parts cannot be found: its body shown as plain text, as `filter`
+    /// does (nothing in plain text loads, every body byte is kept). The top-level
+    /// `Content-Type` and `Content-Transfer-Encoding` are renamed `X-Mailveil-Original-…`.
+    fn as_plain_text(&self, reason: &str) -> ModificationResponse {
+        let mut builder = ModificationResponse::builder();
+        for index in (1..=self.incoming_reports).rev() {
+            builder.push(ChangeHeader::new(index, HEADER_NAME.as_bytes(), b""));
+        }
+        for (name, index, value) in self.content_fields.iter().rev() {
+            builder.push(ChangeHeader::new(*index, name.as_bytes(), b""));
+            let original = format!("X-Mailveil-Original-{name}");
+            builder.push(AddHeader::new(original.as_bytes(), value));
+        }
+        for (name, value) in [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Transfer-Encoding", "8bit"),
+            (
+                HEADER_NAME,
+                "proxied=0; trackers=0; removed=0; neutralised=1",
+            ),
+        ] {
+            let value = self.header_value(value);
+            builder.push(AddHeader::new(name.as_bytes(), value.as_bytes()));
+        }
+        self.state
+            .metrics
+            .milter_message(MilterOutcome::Neutralised);
+        tracing::info!(
+            reason,
+            "milter: parts not found, message shown as plain text"
+        );
+        builder.contin()
+    }
+
+    /// With SMFIP_HDR_LEADSPC the MTA writes a value exactly as given, so the space after
+    /// the colon is ours to send.
+    fn header_value(&self, value: &str) -> String {
+        if self.leading_space {
+            format!(" {value}")
+        } else {
+            value.to_owned()
         }
     }
 
@@ -216,14 +282,7 @@ impl Session {
                 builder.push(ReplaceBody::new(chunk));
             }
         }
-        // With SMFIP_HDR_LEADSPC the MTA writes the value exactly as given, so the space
-        // after the colon is ours to send.
-        let value = filtered.report.header_value();
-        let value = if self.leading_space {
-            format!(" {value}")
-        } else {
-            value
-        };
+        let value = self.header_value(&filtered.report.header_value());
         builder.push(AddHeader::new(HEADER_NAME.as_bytes(), value.as_bytes()));
         self.state.metrics.milter_message(if changed {
             MilterOutcome::Rewritten
@@ -306,6 +365,19 @@ impl Milter for Session {
     async fn header(&mut self, header: Header) -> Result<Action, Self::Error> {
         if header.name().eq_ignore_ascii_case(HEADER_NAME) {
             self.incoming_reports = self.incoming_reports.saturating_add(1);
+        }
+        if let Some(name) = CONTENT_FIELDS
+            .into_iter()
+            .find(|n| header.name().eq_ignore_ascii_case(n))
+        {
+            let seen = self
+                .content_fields
+                .iter()
+                .filter(|(n, ..)| *n == name)
+                .count();
+            let index = u32::try_from(seen + 1).unwrap_or(u32::MAX);
+            self.content_fields
+                .push((name, index, header.value().as_bytes().to_vec()));
         }
         let mut line = Vec::with_capacity(header.name().len() + header.value().len() + 4);
         line.extend_from_slice(header.name().as_bytes());

@@ -50,6 +50,9 @@ impl Milter {
 pub struct Sent {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Whether the end of the headers is announced; a confused client does not, and the
+    /// milter cannot tell where the body starts.
+    pub end_of_header: bool,
 }
 
 impl Sent {
@@ -75,6 +78,7 @@ impl Sent {
         Self {
             headers,
             body: message[split + 2..].to_vec(),
+            end_of_header: true,
         }
     }
 }
@@ -111,7 +115,9 @@ where
             .await
             .expect("header");
     }
-    connection.end_of_header().await.expect("end of header");
+    if sent.end_of_header {
+        connection.end_of_header().await.expect("end of header");
+    }
     for chunk in sent.body.chunks(60_000) {
         connection
             .body(Body::from(chunk))
