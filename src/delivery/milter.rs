@@ -35,7 +35,11 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::spool::Spool;
 use crate::delivery::{queue_prefetch, SharedEngine};
 use crate::metrics::{Metrics, MilterOutcome};
-use crate::rewrite::message::{rewrite_parts, FilterError, Filtered, HEADER_NAME};
+use crate::rewrite::html::Report;
+use crate::rewrite::message::{
+    rewrite_parts, FilterError, Filtered, CONTENT_FIELDS, HEADER_NAME, ORIGINAL_FIELD_PREFIX,
+    PLAIN_TEXT_FIELDS,
+};
 
 /// Where the milter listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,9 +141,6 @@ enum Failure {
     Other(String),
 }
 
-/// The top-level fields that say how a body is read; renamed when it is shown as text.
-const CONTENT_FIELDS: [&str; 2] = ["Content-Type", "Content-Transfer-Encoding"];
-
 impl Session {
     fn new(state: Arc<MilterState>) -> Self {
         Self {
@@ -228,17 +229,16 @@ impl Session {
         }
         for (name, index, value) in self.content_fields.iter().rev() {
             builder.push(ChangeHeader::new(*index, name.as_bytes(), b""));
-            let original = format!("X-Mailveil-Original-{name}");
+            let original = format!("{ORIGINAL_FIELD_PREFIX}{name}");
             builder.push(AddHeader::new(original.as_bytes(), value));
         }
-        for (name, value) in [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Transfer-Encoding", "8bit"),
-            (
-                HEADER_NAME,
-                "proxied=0; trackers=0; removed=0; neutralised=1",
-            ),
-        ] {
+        let report = Report {
+            neutralised: 1,
+            ..Report::default()
+        }
+        .header_value();
+        let ours = [(HEADER_NAME, report.as_str())];
+        for (name, value) in PLAIN_TEXT_FIELDS.iter().chain(&ours) {
             let value = self.header_value(value);
             builder.push(AddHeader::new(name.as_bytes(), value.as_bytes()));
         }

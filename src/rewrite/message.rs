@@ -20,6 +20,17 @@ use crate::rewrite::scan::{self, renders_as_html, ScanError, ScanLimits, Scanned
 /// Name of the header added to every rewritten message.
 pub const HEADER_NAME: &str = "X-Mailveil";
 
+/// The top-level fields that say how a body is read; renamed (with
+/// [`ORIGINAL_FIELD_PREFIX`]) when a message whose parts cannot be found is shown as text.
+pub const CONTENT_FIELDS: [&str; 2] = ["Content-Type", "Content-Transfer-Encoding"];
+/// Prefix of the renamed [`CONTENT_FIELDS`], so the original structure can be recovered.
+pub const ORIGINAL_FIELD_PREFIX: &str = "X-Mailveil-Original-";
+/// The fields (in this order) that make a message's body plain text.
+pub const PLAIN_TEXT_FIELDS: [(&str, &str); 2] = [
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("Content-Transfer-Encoding", "8bit"),
+];
+
 /// Attached messages nested deeper than this are not given to the MIME parser: it frees
 /// nested messages recursively, and a stack overflow cannot be contained like a panic.
 /// Such messages take the neutralising path, which does not recurse.
@@ -159,17 +170,16 @@ fn rewrite_or_neutralise(engine: &Engine, html: &str, report: &mut Report) -> St
 /// `Content-Type` and `Content-Transfer-Encoding` fields are renamed, not removed, so the
 /// original structure can still be recovered by hand.
 fn as_plain_text(raw: &[u8], error: &ScanError) -> Filtered {
-    const ORIGINAL: &str = "X-Mailveil-Original-";
     let mut message = raw.to_vec();
-    for name in ["Content-Type", "Content-Transfer-Encoding"] {
-        if let Some(renamed) =
-            mime::rename_header_fields(&message, name, &format!("{ORIGINAL}{name}"))
-        {
+    for name in CONTENT_FIELDS {
+        let original = format!("{ORIGINAL_FIELD_PREFIX}{name}");
+        if let Some(renamed) = mime::rename_header_fields(&message, name, &original) {
             message = renamed;
         }
     }
-    let message = mime::prepend_header(&message, "Content-Transfer-Encoding", "8bit");
-    let message = mime::prepend_header(&message, "Content-Type", "text/plain; charset=utf-8");
+    for (name, value) in PLAIN_TEXT_FIELDS.iter().rev() {
+        message = mime::prepend_header(&message, name, value);
+    }
     Filtered {
         message,
         report: Report {
