@@ -71,7 +71,11 @@ pub fn run(config_path: Option<&Path>) -> PipeExit {
 fn rewrite(config: &Config, raw: &[u8]) -> Result<Vec<u8>, String> {
     let engine = startup::build_engine(config).map_err(|e| e.to_string())?;
     let filtered = filter_message(&engine, raw).map_err(|e| e.to_string())?;
-    if let Some(reason) = &filtered.fallback {
+    if let Some(reason) = filtered
+        .fallback
+        .as_ref()
+        .filter(|_| filtered.report.neutralised > 0)
+    {
         eprintln!("mailveil filter: HTML neutralised, not rewritten: {reason}");
     }
     match Spool::open_for_writing(&config.spool_dir) {

@@ -73,11 +73,12 @@ pub struct Filtered {
 }
 
 /// Rewrites every HTML part of `raw` and adds the `X-Mailveil` header, after removing any
-/// `X-Mailveil` field that came with the message (the sender's, not ours).
+/// `X-Mailveil` field that came with the message (the sender's, not ours). A message whose
+/// parts cannot be found is shown as plain text.
 ///
 /// # Errors
-/// [`FilterError`] when `raw` is not a message or its parts cannot be found at all; the
-/// caller must then decide (the filter passes it on: without parts, nothing renders).
+/// [`FilterError::NotAMessage`] when `raw` has no header section: nothing in it renders,
+/// and the caller passes it on.
 pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
     let stripped = mime::remove_header_fields(raw, HEADER_NAME);
     let raw = stripped.as_deref().unwrap_or(raw);
@@ -98,7 +99,9 @@ pub fn filter_message(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErr
 /// out byte-identical.
 ///
 /// # Errors
-/// As [`filter_message`].
+/// [`FilterError::NotAMessage`], and [`FilterError::Unsplittable`] when the parts cannot be
+/// found: showing such a message as text changes its header section, which is the
+/// caller's to do ([`filter_message`] does it; the milter asks the MTA).
 pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterError> {
     let parts = match scan::scan(raw, &SCAN_LIMITS) {
         Ok(parts) => parts,
