@@ -3,7 +3,7 @@
 //! miss and serving only what passed the [`content`] checks.
 //!
 //! [`ProxyState`] is what the handlers ([`routes`]) and the prefetch workers share. Its
-//! fetch path takes only a [`FetchTarget`]: a [`SignedUrl`](crate::sign::SignedUrl) whose
+//! fetch path takes only a [`FetchTarget`]: a [`SignedUrl`] whose
 //! signature verified, or a URL the daemon's own prefetch spool holds. Errors become status
 //! codes in one place ([`ProxyError::status`]); logs get the host and a keyed
 //! [`UrlTag`], never the URL.
