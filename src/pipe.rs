@@ -1,11 +1,14 @@
 //! `mailveil filter`: one message on stdin, one message on stdout, for delivery agents
 //! (procmail, maildrop, Sieve's `filter`, fetchmail's mda).
 //!
-//! The one front that must write a message whatever happens: a bad config, a missing key,
-//! a message it cannot rewrite. It then writes the original, says why on stderr, and reports
-//! success (or, with `filter.on_error = "tempfail"`, a temporary failure so the MTA
-//! retries). Only when stdin cannot be read, or stdout cannot be written, does it ask for a
-//! retry regardless: the message would otherwise be lost or truncated.
+//! The one front that must write a message whatever happens. A message it cannot rewrite
+//! is not handed on as the sender wrote it: [`filter_message`] neutralises what it cannot
+//! rewrite. When mailveil itself cannot work (a bad config, a missing key) it writes the
+//! original, says why on stderr, and reports success (or, with
+//! `filter.on_error = "tempfail"`, a temporary failure so the MTA retries); so it does,
+//! for now, with a message over `filter.max_message_bytes` (issue 11). Only when stdin
+//! cannot be read, or stdout cannot be written, does it ask for a retry regardless: the
+//! message would otherwise be lost or truncated.
 
 use std::io::{Read, Write};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! `filter::filter_message` on arbitrary bytes, checked against the promise `mailveil
+//! `mailveil::filter_message` on arbitrary bytes, checked against the promise `mailveil
 //! filter` makes: a message always comes out, and it is the original unless the filter
 //! rewrote it.
 //!

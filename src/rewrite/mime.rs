@@ -59,8 +59,8 @@ pub struct MimeOutcome {
     pub html_bodies: Vec<std::ops::Range<usize>>,
 }
 
-/// Errors of [`rewrite_html_parts`]; on any error the caller should pass the
-/// original message through unchanged.
+/// Errors of [`rewrite_html_parts`]; on any error the caller neutralises the message's HTML
+/// (see `rewrite::message`), never passes it on as it came.
 #[derive(Debug, thiserror::Error)]
 pub enum MimeError {
     /// No RFC 5322 header section could be found.
@@ -97,7 +97,7 @@ pub enum MimeError {
 /// touched at all, and empty HTML bodies are not passed to the callback.
 ///
 /// # Errors
-/// See [`MimeError`]; on error the caller passes the original bytes through.
+/// See [`MimeError`]; on error the caller neutralises the message's HTML.
 pub fn rewrite_html_parts(
     raw: &[u8],
     limits: &MimeLimits,
