@@ -194,6 +194,141 @@ fn chromium_frameset_reaches_only_the_proxy() -> TestResult {
     })
 }
 
+/// Issue 11: each message that used to make the filter step aside (or that it could not
+/// decode as clients do) is filtered in process, and every part a client renders as HTML
+/// is shown in Chromium: the tracker sees nothing. The original of each part is shown first
+/// and must reach the tracker, so the check can see a leak.
+#[test]
+fn chromium_messages_that_used_to_switch_the_filter_off_load_nothing() -> TestResult {
+    let html = "<p>Hello</p><img src=\"http://TRACKER/trigger.gif\">\
+                <div style=\"background-image:url(http://TRACKER/trigger-bg.png)\">x</div>";
+    let base64 = |text: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    };
+    let single = |headers: &str, body: &str| {
+        format!("From: a@b.example\r\nMIME-Version: 1.0\r\n{headers}\r\n\r\n{body}\r\n")
+    };
+    let mentions = "message/rfc822 ".repeat(65);
+    let stray = {
+        let encoded = base64(html);
+        format!("{}!{}", &encoded[..8], &encoded[8..])
+    };
+    let triggers: Vec<(&str, String, String)> = vec![
+        (
+            "mentions",
+            format!("<!-- {mentions} -->{html}"),
+            single(
+                "Content-Type: text/html",
+                &format!("<!-- {mentions} -->{html}"),
+            ),
+        ),
+        (
+            "midline-boundary",
+            format!("<p>a --x b</p>{html}"),
+            format!(
+                "From: a@b.example\r\nContent-Type: multipart/alternative; boundary=x\r\n\r\n\
+                 --x\r\nContent-Type: text/html\r\n\r\n<p>a --x b</p>{html}\r\n--x--\r\n"
+            ),
+        ),
+        (
+            // The original shown is without the 300,000 elements, which Chromium takes
+            // minutes over; its references are the same.
+            "deep-markup",
+            html.to_owned(),
+            single(
+                "Content-Type: text/html",
+                &format!("{}{html}", "<b>".repeat(300_000)),
+            ),
+        ),
+        (
+            "stray-base64",
+            html.to_owned(),
+            single(
+                "Content-Type: text/html\r\nContent-Transfer-Encoding: base64",
+                &stray,
+            ),
+        ),
+        (
+            "made-up-encoding",
+            html.to_owned(),
+            single(
+                "Content-Type: text/html\r\nContent-Transfer-Encoding: 8bit+",
+                html,
+            ),
+        ),
+        (
+            "watch-html",
+            html.to_owned(),
+            single("Content-Type: text/watch-html", html),
+        ),
+    ];
+    for (name, original, message) in triggers {
+        let fixture = Fixture {
+            name,
+            html: "",
+            scripting: Scripting::Off,
+            core_vectors: &["/trigger.gif"],
+        };
+        let tracker = Canary::start("127.0.0.1:0", answer_as_tracker)?;
+        let proxy = Canary::start("127.0.0.1:0", answer_as_proxy)?;
+        let shown = visit(
+            &fixture,
+            original.replace(TRACKER_PLACEHOLDER, &tracker.host()),
+            tracker,
+            proxy,
+        )?;
+        assert_reaches_tracker(&fixture, &shown);
+
+        let tracker = Canary::start("127.0.0.1:0", answer_as_tracker)?;
+        let proxy = Canary::start("127.0.0.1:0", answer_as_proxy)?;
+        let engine = engine_for(&proxy.url("/"), TrackerMode::Block);
+        let message = message.replace(TRACKER_PLACEHOLDER, &tracker.host());
+        let filtered = mailveil::filter_message(&engine, message.as_bytes())?;
+        let parts = html_parts(&String::from_utf8(filtered.message)?);
+        assert_eq!(parts.len(), 1, "{name}: one HTML part comes out");
+        let shown = visit(&fixture, parts[0].clone(), tracker, proxy)?;
+        assert!(
+            shown.tracker.is_empty(),
+            "{name}: the filtered message reached the tracker: {:?}\n{}",
+            shown.tracker,
+            shown.diagnostics()
+        );
+    }
+    Ok(())
+}
+
+/// The decoded bodies of the parts of a filtered test message that a client renders as
+/// HTML. The test messages are one part, or one multipart level with the boundary `x`.
+fn html_parts(message: &str) -> Vec<String> {
+    let (head, body) = message.split_once("\r\n\r\n").unwrap_or((message, ""));
+    let parts: Vec<(&str, &str)> = if head.contains("boundary=x") {
+        body.split("\r\n--x")
+            .filter_map(|p| p.trim_start_matches("--x").split_once("\r\n\r\n"))
+            .collect()
+    } else {
+        vec![(head, body)]
+    };
+    parts
+        .into_iter()
+        .filter(|(h, _)| {
+            h.contains("Content-Type: text/html") || h.contains("Content-Type: text/watch-html")
+        })
+        .map(|(h, b)| {
+            if h.contains("Content-Transfer-Encoding: base64") {
+                use base64::Engine as _;
+                let compact: String = b.split_whitespace().collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(compact)
+                    .expect("our own base64");
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                b.to_owned()
+            }
+        })
+        .collect()
+}
+
 /// One document under `tests/data/chromium/` and what showing it must prove.
 struct Fixture {
     name: &'static str,
