@@ -233,11 +233,54 @@ fn same_html_parts(outcome: &MimeOutcome, raw: &[u8], parts: &[ScannedPart]) -> 
     if parts.iter().any(|p| p.media_type.starts_with("multipart/")) {
         return false;
     }
-    let scanned: Vec<&[u8]> = parts
+    let mut scanned: Vec<&[u8]> = parts
         .iter()
         .filter(|p| renders_as_html(&p.media_type))
         .map(|p| trimmed(&p.body))
         .collect();
-    let parsed: Vec<&[u8]> = outcome.html_bodies.iter().map(trimmed).collect();
+    let mut parsed: Vec<&[u8]> = outcome.html_bodies.iter().map(trimmed).collect();
+    // The parser lists the parts of attached messages after its own; the scan, in document
+    // order. The same parts, in any order, agree.
+    scanned.sort_unstable();
+    parsed.sort_unstable();
     scanned == parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::trackers::{TrackerMode, TrackerRules};
+    use crate::sign::{Key, Signer};
+
+    fn engine() -> Engine {
+        let base = url::Url::parse("http://127.0.0.1:8700").unwrap();
+        let signer = Signer::new(&base, Key::from_bytes([1; 32]), vec![]);
+        Engine::new(signer, TrackerRules::builtin(), TrackerMode::Block)
+    }
+
+    #[test]
+    fn html_in_and_after_an_attached_message_is_rewritten_not_neutralised() {
+        // The parser lists the attached message's parts after the outer ones; the scan in
+        // document order. Same parts: they agree.
+        let raw = "From: a@b.example\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n\
+                   --x\r\nContent-Type: message/rfc822\r\n\r\n\
+                   From: c@d.example\r\nContent-Type: text/html\r\n\r\n\
+                   <img src=\"https://inner.example/a.png\">\r\n\
+                   --x\r\nContent-Type: text/html\r\n\r\n<img src=\"https://outer.example/b.png\">\r\n\
+                   --x--\r\n";
+        let out = filter_message(&engine(), raw.as_bytes()).unwrap();
+        assert_eq!(out.fallback, None);
+        assert_eq!((out.report.proxied, out.report.neutralised), (2, 0));
+        let text = String::from_utf8(out.message).unwrap();
+        assert!(!text.contains("inner.example") && !text.contains("outer.example"));
+    }
+
+    #[test]
+    fn a_message_without_html_goes_on_as_it_came() {
+        let raw = b"From: a@b.example\r\nSubject: hi\r\n\r\nplain text\r\n";
+        let out = filter_message(&engine(), raw).unwrap();
+        assert_eq!(out.fallback, None);
+        let expected = mime::prepend_header(raw, HEADER_NAME, "proxied=0; trackers=0; removed=0");
+        assert_eq!(out.message, expected);
+    }
 }
