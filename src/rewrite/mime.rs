@@ -217,7 +217,7 @@ fn is_field(line: &[u8], name: &str) -> bool {
 }
 
 /// CRLF if the first line of `raw` ends in CRLF, else LF.
-fn first_line_ending(raw: &[u8]) -> &'static [u8] {
+pub(crate) fn first_line_ending(raw: &[u8]) -> &'static [u8] {
     match raw.iter().position(|&b| b == b'\n') {
         Some(i) if i > 0 && raw.get(i - 1) == Some(&b'\r') => b"\r\n",
         _ => b"\n",
@@ -323,12 +323,8 @@ impl Walker<'_> {
             // Nothing to rewrite, and inserting text would glue it to the boundary.
             return Ok(None);
         }
-        let Some(transfer) = transfer_of(part) else {
-            return Ok(self.skip());
-        };
-        let Some(decoded) = transfer_decode(transfer, body) else {
-            return Ok(self.skip());
-        };
+        let transfer = transfer_of(part);
+        let decoded = transfer_decode(transfer, body);
         let Some((text, charset)) = decode_text(charset_label(part), &decoded) else {
             return Ok(self.skip());
         };
@@ -356,9 +352,7 @@ impl Walker<'_> {
         }
         let (start, end) = body_span(raw, part)?;
         let body = raw.get(start..end).ok_or(MimeError::BadOffsets)?;
-        let Some(decoded) = transfer_decode(transfer, body) else {
-            return Ok(self.skip());
-        };
+        let decoded = transfer_decode(transfer, body);
         let inner = match self.rewrite_message(&decoded, depth + 1, markers) {
             Ok(inner) => inner,
             // An attachment that is not a message is not our business.
@@ -466,29 +460,38 @@ fn classify(part: &MessagePart<'_>) -> PartKind {
     let is_message =
         matches!(part.body, PartType::Message(_)) || is_type("message", &["rfc822", "global"]);
     match transfer_of(part) {
-        Some(t @ (Transfer::Base64 | Transfer::QuotedPrintable)) if is_message => {
+        t @ (Transfer::Base64 | Transfer::QuotedPrintable) if is_message => {
             PartKind::EncodedMessage(t)
         }
         _ => PartKind::Other,
     }
 }
 
-/// The transfer encoding of a part; `None` for unknown encodings.
-fn transfer_of(part: &MessagePart<'_>) -> Option<Transfer> {
-    let Some(cte) = part.content_transfer_encoding() else {
-        return Some(Transfer::Identity);
-    };
-    let cte = cte.trim();
-    let is = |name: &str| cte.eq_ignore_ascii_case(name);
-    if is("base64") {
-        Some(Transfer::Base64)
-    } else if is("quoted-printable") {
-        Some(Transfer::QuotedPrintable)
-    } else {
-        // 7bit, 8bit, binary, and every made-up value (`8bit+`, `Hexa`, `x-uuencode`):
-        // clients show the bytes as they are, so that is what is rewritten.
-        Some(Transfer::Identity)
+/// The transfer encoding of a part.
+fn transfer_of(part: &MessagePart<'_>) -> Transfer {
+    Transfer::from_name(part.content_transfer_encoding().unwrap_or_default())
+}
+
+impl Transfer {
+    /// The encoding a `Content-Transfer-Encoding` value names, read as clients read it.
+    fn from_name(cte: &str) -> Self {
+        let cte = cte.trim();
+        if cte.eq_ignore_ascii_case("base64") {
+            Transfer::Base64
+        } else if cte.eq_ignore_ascii_case("quoted-printable") {
+            Transfer::QuotedPrintable
+        } else {
+            // 7bit, 8bit, binary, none, and every made-up value (`8bit+`, `Hexa`,
+            // `x-uuencode`): clients show the bytes as they are, so that is what is read.
+            Transfer::Identity
+        }
     }
+}
+
+/// A body's bytes after the transfer decoding clients apply for the
+/// `Content-Transfer-Encoding` value `cte` (the neutralising fallback reads bodies so too).
+pub(crate) fn decode_transfer(cte: &str, body: &[u8]) -> Vec<u8> {
+    transfer_decode(Transfer::from_name(cte), body)
 }
 
 /// The `charset` parameter of a part's Content-Type, if present.
@@ -527,12 +530,12 @@ fn part_line_ending(raw: &[u8], part: &MessagePart<'_>) -> &'static [u8] {
     b"\r\n"
 }
 
-/// Removes the transfer encoding; `None` if the body is not decodable.
-fn transfer_decode(transfer: Transfer, body: &[u8]) -> Option<Vec<u8>> {
+/// Removes the transfer encoding, leniently, as clients do: every body decodes.
+fn transfer_decode(transfer: Transfer, body: &[u8]) -> Vec<u8> {
     match transfer {
-        Transfer::Identity => Some(body.to_vec()),
+        Transfer::Identity => body.to_vec(),
         Transfer::Base64 => decode_base64(body),
-        Transfer::QuotedPrintable => Some(decode_qp(body)),
+        Transfer::QuotedPrintable => decode_qp(body),
     }
 }
 
@@ -545,28 +548,29 @@ fn transfer_encode(transfer: Transfer, data: &[u8], body: &[u8], eol: &[u8]) -> 
     }
 }
 
-/// Base64 engine that tolerates missing padding and non-zero trailing bits,
-/// as found in real mail.
+/// Base64 engine for the cleaned-up alphabet run: no padding, and the non-zero trailing
+/// bits found in real mail tolerated.
 const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_decode_allow_trailing_bits(true)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
 );
 
-/// Decodes base64 ignoring ASCII whitespace and, as RFC 2045 §6.8 tells decoders (and as
-/// clients do), any other character outside the alphabet.
-fn decode_base64(body: &[u8]) -> Option<Vec<u8>> {
-    let compact: Vec<u8> = body
+/// Decodes base64 as RFC 2045 §6.8 tells decoders (and as clients do): characters
+/// outside the alphabet (line breaks, stray junk) are ignored, decoding stops at the
+/// padding, and a dangling sixth of a byte is dropped.
+fn decode_base64(body: &[u8]) -> Vec<u8> {
+    let mut clean: Vec<u8> = body
         .iter()
         .copied()
-        .filter(|b| !b.is_ascii_whitespace())
+        .take_while(|&b| b != b'=')
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
         .collect();
-    LENIENT_BASE64.decode(&compact).ok().or_else(|| {
-        Some(crate::rewrite::neutralise::decode_base64_leniently(
-            &compact,
-        ))
-    })
+    if clean.len() % 4 == 1 {
+        clean.pop();
+    }
+    LENIENT_BASE64.decode(&clean).unwrap_or_default()
 }
 
 /// Encodes base64 with the original's line width, line ending and leading
@@ -867,7 +871,7 @@ mod tests {
             .into_iter()
             .map(|p| {
                 let body = &raw[p.offset_body as usize..p.offset_end as usize];
-                let bytes = transfer_decode(transfer_of(p).unwrap(), body).unwrap();
+                let bytes = transfer_decode(transfer_of(p), body);
                 decode_text(charset_label(p), &bytes).unwrap().0
             })
             .collect()
@@ -1121,6 +1125,14 @@ epilogue
     }
 
     #[test]
+    fn base64_is_read_past_stray_characters() {
+        assert_eq!(decode_base64(b"PGlt!Zz4=\r\n"), b"<img>");
+        assert_eq!(decode_base64(b"PGltZz4"), b"<img>");
+        assert_eq!(decode_base64(b"PG\r\nltZz4=\r\n"), b"<img>");
+        assert_eq!(decode_base64(b"P"), b"");
+    }
+
+    #[test]
     fn charsets_that_hide_markup_are_not_rewritten_blind() {
         // UTF-7 and UTF-32 spell `<` in bytes the rewriter would not see; broken UTF-16
         // (an odd length) read byte by byte would too. Such parts are skipped, and the
@@ -1205,7 +1217,7 @@ epilogue
         let PartKind::EncodedMessage(t) = classify(part) else {
             unreachable!()
         };
-        transfer_decode(t, &raw[part.offset_body as usize..part.offset_end as usize]).unwrap()
+        transfer_decode(t, &raw[part.offset_body as usize..part.offset_end as usize])
     }
 
     #[test]

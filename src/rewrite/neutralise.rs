@@ -11,20 +11,18 @@
 //!
 //! [`neutralise_parts`] does this to parts found by the line-anchored scanner
 //! ([`crate::rewrite::scan`]), for messages the full MIME path could not handle: it decodes
-//! each body the way clients do (base64 ignoring stray characters, quoted-printable
-//! leniently, anything else as the bytes it is), and writes the notice back in the part's
-//! own transfer encoding. Every byte outside those bodies stays as it was.
+//! each body as the rewrite does, the way clients do (`mime::decode_transfer`), and writes
+//! the notice back in the part's own transfer encoding. Every byte outside those bodies stays as it was.
 //!
 //! Pure: no I/O, no logging.
 
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use encoding_rs::Encoding;
 
+use crate::rewrite::mime::{decode_transfer, first_line_ending};
 use crate::rewrite::scan::{renders_as_html, ScannedPart};
 
 /// Lines of base64 and of quoted-printable written back are at most this long (RFC 2045).
@@ -86,7 +84,7 @@ pub fn neutralise_parts(raw: &[u8], parts: &[ScannedPart], reason: &str) -> (Vec
         }
         out.extend_from_slice(raw.get(copied..part.body.start).unwrap_or_default());
         let text = decode_text(
-            &decode_body(body, &part.transfer_encoding),
+            &decode_transfer(&part.transfer_encoding, body),
             part.charset.as_deref(),
         );
         let inert = neutralised_html(&text, reason);
@@ -100,38 +98,6 @@ pub fn neutralise_parts(raw: &[u8], parts: &[ScannedPart], reason: &str) -> (Vec
     }
     out.extend_from_slice(raw.get(copied..).unwrap_or_default());
     (out, count)
-}
-
-/// The body's bytes after the transfer decoding a client applies.
-pub fn decode_body(body: &[u8], transfer_encoding: &str) -> Vec<u8> {
-    match transfer_encoding {
-        "base64" => decode_base64_leniently(body),
-        "quoted-printable" => quoted_printable::decode(body, quoted_printable::ParseMode::Robust)
-            .unwrap_or_else(|_| body.to_vec()),
-        _ => body.to_vec(),
-    }
-}
-
-/// Base64 as RFC 2045 §6.8 tells decoders to read it: characters outside the alphabet are
-/// ignored, and decoding stops at the padding.
-pub fn decode_base64_leniently(body: &[u8]) -> Vec<u8> {
-    let mut clean: Vec<u8> = body
-        .iter()
-        .copied()
-        .take_while(|&b| b != b'=')
-        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-        .collect();
-    // A dangling sixth of a byte cannot be decoded; clients drop it.
-    if clean.len() % 4 == 1 {
-        clean.pop();
-    }
-    let engine = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
-            .with_decode_allow_trailing_bits(true),
-    );
-    engine.decode(&clean).unwrap_or_default()
 }
 
 /// The text of decoded body bytes in `charset` (UTF-8 when absent or unknown), lossy.
@@ -189,10 +155,7 @@ fn push_lines(out: &mut String, text: &str, eol: &str, soft_wrap: Option<usize>)
 fn line_ending(raw: &[u8], body: &Range<usize>) -> &'static str {
     let start = body.start.saturating_sub(2);
     let window = raw.get(start..body.end.min(raw.len())).unwrap_or_default();
-    match memchr::memchr(b'\n', window) {
-        Some(i) if i > 0 && window.get(i - 1) == Some(&b'\r') => "\r\n",
-        _ => "\n",
-    }
+    std::str::from_utf8(first_line_ending(window)).unwrap_or("\n")
 }
 
 #[cfg(test)]
@@ -221,13 +184,6 @@ mod tests {
     }
 
     #[test]
-    fn lenient_base64_ignores_stray_characters() {
-        assert_eq!(decode_base64_leniently(b"PGlt!Zz4=\r\n"), b"<img>");
-        assert_eq!(decode_base64_leniently(b"PGltZz4"), b"<img>");
-        assert_eq!(decode_base64_leniently(b"P"), b"");
-    }
-
-    #[test]
     fn quoted_printable_output_has_short_lines_and_no_stray_equals() {
         let long = "x".repeat(200);
         let body = encode_body(&neutralised_html(&long, "r."), "quoted-printable", "\r\n");
@@ -241,7 +197,7 @@ mod tests {
     #[test]
     fn base64_output_decodes_to_the_notice() {
         let body = encode_body(&neutralised_html("hi", "r."), "base64", "\n");
-        let decoded = decode_base64_leniently(&body);
+        let decoded = decode_transfer("base64", &body);
         assert!(String::from_utf8(decoded).unwrap().contains("<div>"));
     }
 }
