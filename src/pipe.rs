@@ -91,7 +91,6 @@ fn rewrite(config: &Config, raw: &[u8]) -> Result<Vec<u8>, String> {
     }
     tracing::info!(
         html_parts = filtered.html_parts,
-        skipped_parts = filtered.skipped_parts,
         summary = %filtered.report.header_value(),
         "message rewritten"
     );

@@ -294,7 +294,6 @@ impl Session {
             trackers = filtered.report.trackers,
             removed = filtered.report.removed,
             html_parts = filtered.html_parts,
-            skipped_parts = filtered.skipped_parts,
             fallback = filtered.fallback.as_deref(),
             "milter: message rewritten"
         );

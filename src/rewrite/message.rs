@@ -65,9 +65,6 @@ pub struct Filtered {
     pub report: Report,
     /// HTML parts seen.
     pub html_parts: usize,
-    /// HTML parts the MIME path left as they were (undecodable); their message was
-    /// neutralised.
-    pub skipped_parts: usize,
     /// Why the message's HTML was neutralised rather than rewritten, if it was.
     pub fallback: Option<String>,
 }
@@ -148,7 +145,6 @@ pub fn rewrite_parts(engine: &Engine, raw: &[u8]) -> Result<Filtered, FilterErro
         message: outcome.message,
         report,
         html_parts: outcome.html_parts,
-        skipped_parts: 0,
         fallback: None,
     })
 }
@@ -190,7 +186,6 @@ fn as_plain_text(raw: &[u8], error: &ScanError) -> Filtered {
             ..Report::default()
         },
         html_parts: 0,
-        skipped_parts: 0,
         fallback: Some(format!(
             "its parts cannot be found ({error}); shown as plain text."
         )),
@@ -209,7 +204,6 @@ fn neutralise(raw: &[u8], parts: &[ScannedPart], reason: &str) -> Filtered {
         message,
         report,
         html_parts: count,
-        skipped_parts: 0,
         fallback: Some(reason.to_owned()),
     }
 }

@@ -713,14 +713,15 @@ fn pick_charset(label: Option<&str>, bytes: &[u8]) -> Option<&'static Encoding> 
     }
 }
 
-/// Whether a charset label names an encoding encoding_rs does not know and that spells
-/// markup in bytes other than ASCII's.
+/// Whether a charset label names a family that spells markup in bytes other than ASCII's
+/// and that the rewrite does not read: UTF-7, UTF-32, UCS-2/UCS-4 and ISO-10646 names,
+/// however written. (encoding_rs would take some UCS-2 names for UTF-16; they are still
+/// left to the neutralising path.)
 fn hides_markup(label: &str) -> bool {
     let label = label.to_ascii_lowercase().replace(['-', '_'], "");
     ["utf7", "utf32", "ucs2", "ucs4", "10646"]
         .iter()
         .any(|bad| label.contains(bad))
-        && Encoding::for_label_no_replacement(label.as_bytes()).is_none()
 }
 
 /// Decodes `bytes` to text with a charset that round-trips exactly: the
